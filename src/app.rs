@@ -1,0 +1,117 @@
+//! Runs a parsed command line and decides the exit status.
+
+use std::io::Write;
+
+use crate::cli::{Cli, Command};
+use crate::ui::Ui;
+
+/// What the exit status of `modelci` means. Each code means one thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The gate passed, or there was no baseline to compare with, or the command succeeded.
+    Success = 0,
+    /// The gate found a regression.
+    Regression = 1,
+    /// No verdict: bad usage, an invalid config, unreadable data, or a failure while training.
+    Error = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// Runs the command and writes its results to `stdout`.
+pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Run(args) => run(args, ui, stdout),
+        Command::Doctor => doctor(stdout),
+    }
+}
+
+#[cfg(feature = "torch")]
+fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use crate::pipeline::{self, REPORT_FILE, RunOptions};
+
+    let options = RunOptions {
+        config: args.config,
+        baseline: args.baseline,
+        output: args.output,
+        update_baseline: args.update_baseline,
+        label: args.label,
+    };
+    let result = pipeline::run(&options, ui)?;
+    write_out(stdout, &crate::report::terminal(&result.outcome))?;
+    write_out(stdout, &format!("report: {}\n", result.output.join(REPORT_FILE).display()))?;
+    if result.baseline_updated && result.outcome.verdict == crate::gate::Verdict::Fail {
+        ui.warn("this run regressed against the old baseline, and is now the baseline");
+    }
+    Ok(if pipeline::verdict_is_failure(&result) { Exit::Regression } else { Exit::Success })
+}
+
+#[cfg(not(feature = "torch"))]
+fn run(_: crate::cli::RunArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!(
+        "this modelci was built without the `torch` feature, so it cannot train\nhint: use a \
+         build with libtorch, or gate metrics produced elsewhere"
+    )
+}
+
+#[cfg(feature = "torch")]
+fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use crate::torch::{LIBTORCH_HAS_CUDA, LIBTORCH_LIB, LIBTORCH_VERSION};
+
+    let devices = tch::Cuda::device_count();
+    let cuda = if !LIBTORCH_HAS_CUDA {
+        "not usable: this libtorch has no CUDA libraries".to_string()
+    } else if devices == 0 {
+        "not usable: no CUDA device is visible".to_string()
+    } else {
+        format!("usable, {devices} device(s), cuDNN {}", tch::Cuda::cudnn_is_available())
+    };
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+    let text = format!(
+        "modelci {}\nlibtorch: {LIBTORCH_VERSION} ({LIBTORCH_LIB})\ncuda: {cuda}\nthreads: {} \
+         (set per run by train.threads)\nopenmp: {}, mkl: {}, mkldnn: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        tch::get_num_threads(),
+        yes_no(tch::utils::has_openmp()),
+        yes_no(tch::utils::has_mkl()),
+        yes_no(tch::utils::has_mkldnn()),
+    );
+    write_out(stdout, &text)?;
+    Ok(Exit::Success)
+}
+
+#[cfg(not(feature = "torch"))]
+fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    write_out(
+        stdout,
+        &format!(
+            "modelci {}\nlibtorch: none (built without the `torch` feature; run cannot train)\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )?;
+    Ok(Exit::Success)
+}
+
+/// Writes results; a reader that closed the pipe early (`| head`) is not an error.
+fn write_out(stdout: &mut dyn Write, text: &str) -> std::io::Result<()> {
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// The error as the user sees it: the message, then each underlying cause that adds to it.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = format!("error: {error}");
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!("\n  caused by: {cause}"));
+        }
+    }
+    text
+}

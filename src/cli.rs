@@ -1,0 +1,57 @@
+//! The command line, as clap reads it. Nothing here touches a file: `app` turns these into
+//! validated settings first.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_FILE;
+use crate::report::DEFAULT_LABEL;
+
+/// Did the model get worse? Train, evaluate and gate an ML model in CI, and report the diff on
+/// the pull request.
+#[derive(Debug, Parser)]
+#[command(name = "modelci", version, about, long_about = None)]
+pub struct Cli {
+    /// Print only results and warnings: no progress, no status lines.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Also explain decisions (device chosen, baseline found or not).
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train, evaluate, gate against the baseline, and write the run folder and the report.
+    Run(RunArgs),
+    /// Show the libtorch in use, whether CUDA is usable, and the thread count.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file; paths inside it are relative to its folder.
+    #[arg(long, short, default_value = DEFAULT_FILE, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// The baseline run folder to compare with [default: gate.baseline from the config].
+    #[arg(long, value_name = "DIR")]
+    pub baseline: Option<PathBuf>,
+
+    /// Where to write this run's files [default: output.dir from the config].
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// After gating, make this run the new baseline (exits 0 even on a regression).
+    #[arg(long)]
+    pub update_baseline: bool,
+
+    /// The label of the report's comment marker: one comment per label on a pull request.
+    #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]
+    pub label: String,
+}

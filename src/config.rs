@@ -1,0 +1,657 @@
+//! `modelci.toml`: its schema, and the validation that turns it into settings the pipeline can
+//! trust.
+//!
+//! Every key is checked while the file is parsed, so that an error can point at the file, line
+//! and column of the offending key or value, and name the values that would have been allowed.
+//! Paths in the file are relative to the folder that holds it.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, de};
+use toml::Spanned;
+
+/// The file name `modelci run` looks for when no `--config` is given.
+pub const DEFAULT_FILE: &str = "modelci.toml";
+
+/// A config that parsed and validated, with its paths made absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub gate: GateConfig,
+    pub output: OutputConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    pub train: PathBuf,
+    pub test: PathBuf,
+    pub color: Color,
+    /// Height and width every image is resized to, in pixels.
+    pub image_size: [u32; 2],
+    /// Per channel, applied after scaling pixel values to `[0, 1]`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Color {
+    Grayscale,
+    Rgb,
+}
+
+impl Color {
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Grayscale => 1,
+            Color::Rgb => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelConfig {
+    /// Fully connected layers of the given widths, then the classifier.
+    Mlp { hidden: Vec<usize> },
+    /// 3×3 convolution blocks (conv, ReLU, 2×2 max-pool) of the given output channels, then
+    /// fully connected layers of the given widths, then the classifier.
+    Cnn { channels: Vec<usize>, hidden: Vec<usize> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: Optimizer,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub loss: Loss,
+    pub seed: u64,
+    pub threads: usize,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    Sgd { momentum: f64 },
+    Adam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    CrossEntropy,
+}
+
+/// Where training and evaluation run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// CUDA device 0 when one is usable, otherwise the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    /// The folder holding the baseline run, when none is given on the command line.
+    pub baseline: PathBuf,
+    /// Whether a missing baseline is an error rather than the `no_baseline` verdict.
+    pub require_baseline: bool,
+    pub rules: Vec<Rule>,
+}
+
+/// How one metric, or every metric a glob matches, is judged. The first matching rule wins.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// An exact metric name (`accuracy`, `macro.f1`) or a glob (`per_class.*.f1`).
+    pub metric: String,
+    /// Guessed from the name when absent: see [`Direction::guess`].
+    pub direction: Option<Direction>,
+    /// How much worse than the baseline, in the metric's own unit, still passes.
+    #[serde(default, deserialize_with = "non_negative_option")]
+    pub absolute_tolerance: Option<f64>,
+    /// How much worse than the baseline, as a fraction of the baseline, still passes.
+    #[serde(default, deserialize_with = "non_negative_option")]
+    pub relative_tolerance: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Bigger is better (accuracy, F1).
+    Higher,
+    /// Smaller is better (loss, error rates, latency).
+    Lower,
+}
+
+impl Direction {
+    /// The direction a metric most likely has, from words in its name: loss, error, latency and
+    /// time mean lower is better; everything else higher.
+    pub fn guess(metric: &str) -> Direction {
+        let name = metric.to_ascii_lowercase();
+        let lower_words = ["loss", "error", "latency", "time", "mse", "mae", "rmse"];
+        if lower_words.iter().any(|word| name.contains(word)) {
+            Direction::Lower
+        } else {
+            Direction::Higher
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputConfig {
+    /// The folder `metrics.json`, `predictions.jsonl`, `report.md` and `verdict.json` go to.
+    pub dir: PathBuf,
+}
+
+/// A config that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {}:{}:{}: {message}\n{snippet}", path.display(), line, column)]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String, snippet: String },
+    #[error("invalid config {}: {message}", path.display())]
+    InvalidFile { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs_err::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+            let message = error.message().trim_end().to_string();
+            match error.span() {
+                Some(span) => invalid_at(path, text, span, message),
+                None => ConfigError::InvalidFile { path: path.to_path_buf(), message },
+            }
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        raw.validate(text, path, base)
+    }
+}
+
+fn invalid_at(path: &Path, text: &str, span: Range<usize>, message: String) -> ConfigError {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let source_line = &text[line_start..line_end];
+    let width = text[start..span.end.min(line_end).max(start)].chars().count().max(1);
+    let gutter = " ".repeat(line.to_string().len());
+    let snippet = format!(
+        "{gutter} |\n{line} | {source_line}\n{gutter} | {}{}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    );
+    ConfigError::Invalid { path: path.to_path_buf(), line, column, message, snippet }
+}
+
+// The file as written. Each section denies unknown keys; values that serde alone cannot check
+// keep their span so that `validate` can point at them.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data: RawData,
+    model: RawModel,
+    #[serde(default)]
+    train: RawTrain,
+    #[serde(default)]
+    gate: RawGate,
+    #[serde(default)]
+    output: RawOutput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    #[serde(default)]
+    #[expect(dead_code, reason = "read only to reject other layouts; image folders are the one")]
+    layout: Layout,
+    train: PathBuf,
+    test: PathBuf,
+    #[serde(default = "default_color")]
+    color: Color,
+    #[serde(deserialize_with = "image_size")]
+    image_size: [u32; 2],
+    mean: Option<Spanned<Vec<f32>>>,
+    std: Option<Spanned<Vec<f32>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum Layout {
+    #[default]
+    ImageFolder,
+}
+
+fn default_color() -> Color {
+    Color::Grayscale
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: ModelKind,
+    channels: Option<Spanned<Vec<usize>>>,
+    #[serde(default)]
+    hidden: Vec<usize>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ModelKind {
+    Mlp,
+    Cnn,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    #[serde(default = "default_epochs", deserialize_with = "at_least_one")]
+    epochs: usize,
+    #[serde(default = "default_batch_size", deserialize_with = "at_least_one")]
+    batch_size: usize,
+    #[serde(default = "default_optimizer")]
+    optimizer: OptimizerKind,
+    #[serde(default = "default_learning_rate", deserialize_with = "positive")]
+    learning_rate: f64,
+    momentum: Option<Spanned<f64>>,
+    #[serde(default, deserialize_with = "non_negative")]
+    weight_decay: f64,
+    #[serde(default = "default_loss")]
+    loss: Loss,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_threads", deserialize_with = "at_least_one")]
+    threads: usize,
+    #[serde(default = "default_device", deserialize_with = "device")]
+    device: Device,
+}
+
+impl Default for RawTrain {
+    fn default() -> Self {
+        RawTrain {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            optimizer: default_optimizer(),
+            learning_rate: default_learning_rate(),
+            momentum: None,
+            weight_decay: 0.0,
+            loss: default_loss(),
+            seed: 0,
+            threads: default_threads(),
+            device: default_device(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+fn default_epochs() -> usize {
+    5
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+fn default_loss() -> Loss {
+    Loss::CrossEntropy
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_device() -> Device {
+    Device::Auto
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    baseline: Option<PathBuf>,
+    #[serde(default)]
+    require_baseline: bool,
+    #[serde(default)]
+    rules: Vec<Spanned<Rule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    dir: Option<PathBuf>,
+}
+
+impl RawConfig {
+    fn validate(self, text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Range<usize>, message: String| invalid_at(path, text, span, message);
+        let channels = self.data.color.channels();
+
+        let per_channel = |values: Option<Spanned<Vec<f32>>>, key: &str, default: f32| {
+            let Some(values) = values else { return Ok(vec![default; channels]) };
+            let span = values.span();
+            let values = values.into_inner();
+            if values.len() != channels {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "data.{key} has {} value(s) but data.color = {:?} has {channels} \
+                         channel(s); give one value per channel",
+                        values.len(),
+                        self.data.color
+                    ),
+                ));
+            }
+            if let Some(bad) =
+                values.iter().find(|v| !v.is_finite() || (key == "std" && **v <= 0.0))
+            {
+                let rule = if key == "std" { "positive" } else { "finite" };
+                return Err(invalid(span, format!("data.{key} values must be {rule}, got {bad}")));
+            }
+            Ok(values)
+        };
+        let mean = per_channel(self.data.mean, "mean", 0.0)?;
+        let std = per_channel(self.data.std, "std", 1.0)?;
+
+        let model = match self.model.kind {
+            ModelKind::Mlp => {
+                if let Some(channels) = self.model.channels {
+                    return Err(invalid(
+                        channels.span(),
+                        "model.channels applies only to kind = \"cnn\"; remove it or change \
+                         model.kind"
+                            .to_string(),
+                    ));
+                }
+                ModelConfig::Mlp { hidden: self.model.hidden }
+            }
+            ModelKind::Cnn => {
+                let channels = self.model.channels.map(Spanned::into_inner).unwrap_or_default();
+                if channels.is_empty() {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "model.kind = \"cnn\" needs model.channels, the output channels \
+                                  of each convolution block, e.g. channels = [16, 32]"
+                            .to_string(),
+                    });
+                }
+                ModelConfig::Cnn { channels, hidden: self.model.hidden }
+            }
+        };
+        let layer_sizes = match &model {
+            ModelConfig::Mlp { hidden } => hidden.clone(),
+            ModelConfig::Cnn { channels, hidden } => [channels.as_slice(), hidden].concat(),
+        };
+        if layer_sizes.contains(&0) {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: "model.channels and model.hidden sizes must be at least 1".to_string(),
+            });
+        }
+
+        let optimizer = match (self.train.optimizer, self.train.momentum) {
+            (OptimizerKind::Adam, Some(momentum)) => {
+                return Err(invalid(
+                    momentum.span(),
+                    "train.momentum applies only to optimizer = \"sgd\"; remove it or change \
+                     train.optimizer"
+                        .to_string(),
+                ));
+            }
+            (OptimizerKind::Adam, None) => Optimizer::Adam,
+            (OptimizerKind::Sgd, momentum) => {
+                let span = momentum.as_ref().map(Spanned::span);
+                let momentum = momentum.map_or(0.0, Spanned::into_inner);
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(invalid(
+                        span.unwrap_or_default(),
+                        format!("train.momentum must be at least 0 and below 1, got {momentum}"),
+                    ));
+                }
+                Optimizer::Sgd { momentum }
+            }
+        };
+
+        let mut rules = Vec::with_capacity(self.gate.rules.len());
+        for rule in self.gate.rules {
+            let span = rule.span();
+            let rule = rule.into_inner();
+            if let Err(error) = globset::Glob::new(&rule.metric) {
+                return Err(invalid(span, format!("gate.rules metric {:?}: {error}", rule.metric)));
+            }
+            rules.push(rule);
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            data: DataConfig {
+                train: base.join(self.data.train),
+                test: base.join(self.data.test),
+                color: self.data.color,
+                image_size: self.data.image_size,
+                mean,
+                std,
+            },
+            model,
+            train: TrainConfig {
+                epochs: self.train.epochs,
+                batch_size: self.train.batch_size,
+                optimizer,
+                learning_rate: self.train.learning_rate,
+                weight_decay: self.train.weight_decay,
+                loss: self.train.loss,
+                seed: self.train.seed,
+                threads: self.train.threads,
+                device: self.train.device,
+            },
+            gate: GateConfig {
+                baseline: base.join(self.gate.baseline.unwrap_or_else(|| "baseline".into())),
+                require_baseline: self.gate.require_baseline,
+                rules,
+            },
+            output: OutputConfig {
+                dir: base.join(self.output.dir.unwrap_or_else(|| "modelci-output".into())),
+            },
+        })
+    }
+}
+
+// Value checks run inside the parser, so that toml attaches the value's position to them.
+
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = i64::deserialize(deserializer)?;
+    if value < 1 {
+        return Err(de::Error::custom(format!(
+            "must be a whole number of at least 1, got {value}"
+        )));
+    }
+    usize::try_from(value).map_err(|_| de::Error::custom(format!("{value} is too large")))
+}
+
+fn positive<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(de::Error::custom(format!("must be a number greater than 0, got {value}")));
+    }
+    Ok(value)
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(de::Error::custom(format!("must be a number of at least 0, got {value}")));
+    }
+    Ok(value)
+}
+
+fn non_negative_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    non_negative(deserializer).map(Some)
+}
+
+fn image_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u32; 2], D::Error> {
+    let values = Vec::<i64>::deserialize(deserializer)?;
+    match values.as_slice() {
+        [height, width] if (1..=8192).contains(height) && (1..=8192).contains(width) => {
+            Ok([*height as u32, *width as u32])
+        }
+        _ => Err(de::Error::custom(format!(
+            "must be [height, width] in pixels, each from 1 to 8192, got {values:?}"
+        ))),
+    }
+}
+
+fn device<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Device, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(de::Error::custom)
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Device, String> {
+        let index = |digits: &str| digits.parse::<usize>().ok();
+        match text {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match text.strip_prefix("cuda:").and_then(index) {
+                Some(index) => Ok(Device::Cuda(index)),
+                None => Err(format!(
+                    "unknown device {text:?}, expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[data]
+train = "data/train"
+test = "data/test"
+image_size = [28, 28]
+
+[model]
+kind = "mlp"
+hidden = [32]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("project/modelci.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.data.train, Path::new("project/data/train"));
+        assert_eq!(config.data.mean, vec![0.0]);
+        assert_eq!(config.data.std, vec![1.0]);
+        assert_eq!(config.train.optimizer, Optimizer::Adam);
+        assert_eq!(config.train.epochs, 5);
+        assert_eq!(config.train.device, Device::Auto);
+        assert_eq!(config.gate.baseline, Path::new("project/baseline"));
+        assert_eq!(config.output.dir, Path::new("project/modelci-output"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_allowed_keys() {
+        let text = MINIMAL.replace("hidden = [32]", "hidden = [32]\n\n[train]\nepoch = 3");
+        let message = error(&text);
+        assert!(message.starts_with("invalid config project/modelci.toml:12:1: "), "{message}");
+        assert!(message.contains("unknown field `epoch`"), "{message}");
+        assert!(message.contains("`epochs`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_optimizer_lists_the_allowed_ones() {
+        let text = format!("{MINIMAL}\n[train]\noptimizer = \"adamw\"\n");
+        let message = error(&text);
+        assert!(message.contains(":12:13: "), "{message}");
+        assert!(message.contains("unknown variant `adamw`, expected `sgd` or `adam`"), "{message}");
+    }
+
+    #[test]
+    fn non_positive_learning_rate_is_rejected_at_its_value() {
+        let text = format!("{MINIMAL}\n[train]\nlearning_rate = -0.5\n");
+        let message = error(&text);
+        assert!(message.contains(":12:17: must be a number greater than 0, got -0.5"), "{message}");
+    }
+
+    #[test]
+    fn mean_must_match_the_channel_count() {
+        let text = MINIMAL.replace("image_size", "color = \"rgb\"\nmean = [0.5]\nimage_size");
+        let message = error(&text);
+        assert!(message.contains(":6:8: data.mean has 1 value(s)"), "{message}");
+    }
+
+    #[test]
+    fn momentum_with_adam_is_an_error() {
+        let text = format!("{MINIMAL}\n[train]\noptimizer = \"adam\"\nmomentum = 0.9\n");
+        assert!(error(&text).contains("train.momentum applies only to optimizer = \"sgd\""));
+    }
+
+    #[test]
+    fn cnn_needs_channels() {
+        let text = MINIMAL.replace("kind = \"mlp\"", "kind = \"cnn\"");
+        assert!(error(&text).contains("needs model.channels"));
+    }
+
+    #[test]
+    fn device_strings() {
+        assert_eq!("cuda:1".parse::<Device>(), Ok(Device::Cuda(1)));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert!("gpu".parse::<Device>().unwrap_err().contains("\"cuda:N\""));
+    }
+
+    #[test]
+    fn direction_is_guessed_from_the_name() {
+        assert_eq!(Direction::guess("loss"), Direction::Lower);
+        assert_eq!(Direction::guess("eval.latency_ms"), Direction::Lower);
+        assert_eq!(Direction::guess("macro.f1"), Direction::Higher);
+    }
+}

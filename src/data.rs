@@ -1,0 +1,342 @@
+//! Datasets in the image-folder layout: one sub-folder per class, named after it, holding that
+//! class's images, as torchvision's `ImageFolder` reads them.
+//!
+//! Loading happens in two steps so that bad data is found before any training starts:
+//! [`scan`] lists every image and class, then [`decode`] reads them all into one normalised
+//! pixel buffer, collecting every file that fails rather than stopping at the first.
+//!
+//! Hidden entries (names starting with `.`) are skipped at every level, so `.DS_Store`,
+//! `.ipynb_checkpoints` or a `.git` folder never become classes or samples. Files whose
+//! extension is not an image format are skipped and counted. Images keep their first
+//! `channels` channels after conversion: an alpha channel is dropped, not blended.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+
+use crate::config::{Color, DataConfig};
+
+/// Extensions read as images, compared without regard to case.
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp"];
+
+/// How many failing files an error lists before it only counts the rest.
+const LISTED_PROBLEMS: usize = 20;
+
+/// The images of one dataset, found on disk but not yet decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub root: PathBuf,
+    /// Class names in sorted order; a sample's label is an index into this.
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+    /// Files skipped because their extension is not an image format.
+    pub skipped: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The path below the dataset root with `/` separators, e.g. `3/00012.png`. It identifies
+    /// the sample across runs, in the predictions file.
+    pub id: String,
+    pub label: usize,
+}
+
+/// A decoded dataset: every image resized and normalised, in one `[n, channels, height, width]`
+/// buffer, in the order of `listing.samples`.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub listing: Listing,
+    pub pixels: Vec<f32>,
+    /// Channels, height, width of one image.
+    pub shape: [usize; 3],
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.listing.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listing.samples.is_empty()
+    }
+
+    pub fn labels(&self) -> Vec<i64> {
+        self.listing.samples.iter().map(|sample| sample.label as i64).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "dataset folder {} does not exist\nhint: paths in modelci.toml are relative to the \
+         folder that holds it",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{} is not valid UTF-8; rename it so that its sample id can be written", .0.display())]
+    NotUtf8(PathBuf),
+    #[error(
+        "{} has no class folders\nhint: the image-folder layout wants one sub-folder per class, \
+         e.g. {}/cat/001.png",
+        .0.display(), .0.display()
+    )]
+    NoClasses(PathBuf),
+    #[error("class folders with no images: {}", list_paths(.0))]
+    EmptyClasses(Vec<PathBuf>),
+    #[error("{} image(s) could not be decoded:\n{}", .0.len(), list_problems(.0))]
+    Undecodable(Vec<(PathBuf, String)>),
+    #[error(
+        "the test set's classes differ from the training set's\n  train ({}): {}\n  test ({}): \
+         {}\nhint: both folders need the same class sub-folders",
+        train_root.display(), train.join(", "), test_root.display(), test.join(", ")
+    )]
+    ClassMismatch { train_root: PathBuf, train: Vec<String>, test_root: PathBuf, test: Vec<String> },
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn list_problems(problems: &[(PathBuf, String)]) -> String {
+    let mut lines: Vec<String> = problems
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|(path, reason)| format!("  {}: {reason}", path.display()))
+        .collect();
+    if problems.len() > LISTED_PROBLEMS {
+        lines.push(format!("  ... and {} more", problems.len() - LISTED_PROBLEMS));
+    }
+    lines.join("\n")
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// Entries of `dir` that are not hidden, sorted by name.
+fn visible_entries(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, DataError> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        if is_hidden(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let name = name.into_string().map_err(|_| DataError::NotUtf8(path.clone()))?;
+        // Follow symbolic links, so a linked class folder or image counts as what it points to.
+        let file_type = std::fs::metadata(&path).map_err(io_error(&path))?.file_type();
+        entries.push((name, path, file_type));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// Lists the classes and images under `root`.
+pub fn scan(root: &Path) -> Result<Listing, DataError> {
+    if !root.is_dir() {
+        return Err(DataError::Missing(root.to_path_buf()));
+    }
+    let mut listing =
+        Listing { root: root.to_path_buf(), classes: vec![], samples: vec![], skipped: vec![] };
+    let mut empty = Vec::new();
+    for (name, path, file_type) in visible_entries(root)? {
+        if !file_type.is_dir() {
+            listing.skipped.push(path);
+            continue;
+        }
+        let label = listing.classes.len();
+        let before = listing.samples.len();
+        collect_images(&path, &name, label, &mut listing)?;
+        if listing.samples.len() == before {
+            empty.push(path);
+        }
+        listing.classes.push(name);
+    }
+    if listing.classes.is_empty() {
+        return Err(DataError::NoClasses(root.to_path_buf()));
+    }
+    if !empty.is_empty() {
+        return Err(DataError::EmptyClasses(empty));
+    }
+    Ok(listing)
+}
+
+/// Adds the images below `dir`, in sorted order, sub-folders included.
+fn collect_images(
+    dir: &Path,
+    id_prefix: &str,
+    label: usize,
+    listing: &mut Listing,
+) -> Result<(), DataError> {
+    for (name, path, file_type) in visible_entries(dir)? {
+        let id = format!("{id_prefix}/{name}");
+        if file_type.is_dir() {
+            collect_images(&path, &id, label, listing)?;
+        } else if has_image_extension(&name) {
+            listing.samples.push(Sample { id, label });
+        } else {
+            listing.skipped.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_image_extension(name: &str) -> bool {
+    Path::new(name).extension().and_then(|extension| extension.to_str()).is_some_and(|extension| {
+        IMAGE_EXTENSIONS.iter().any(|known| extension.eq_ignore_ascii_case(known))
+    })
+}
+
+/// Checks that two listings share one class map, as training and evaluation must.
+pub fn check_same_classes(train: &Listing, test: &Listing) -> Result<(), DataError> {
+    if train.classes == test.classes {
+        return Ok(());
+    }
+    Err(DataError::ClassMismatch {
+        train_root: train.root.clone(),
+        train: train.classes.clone(),
+        test_root: test.root.clone(),
+        test: test.classes.clone(),
+    })
+}
+
+/// Decodes, resizes and normalises every image of `listing`. `on_image` is called once per
+/// image, for progress reporting.
+pub fn decode(
+    listing: Listing,
+    config: &DataConfig,
+    on_image: &(dyn Fn() + Sync),
+) -> Result<Dataset, DataError> {
+    let [height, width] = config.image_size;
+    let channels = config.color.channels();
+    let plane = height as usize * width as usize;
+    let image_len = channels * plane;
+
+    let mut pixels = vec![0f32; listing.samples.len() * image_len];
+    let mut problems = Vec::new();
+    for (sample, out) in listing.samples.iter().zip(pixels.chunks_exact_mut(image_len)) {
+        let path = listing.root.join(&sample.id);
+        if let Err(reason) = decode_one(&path, config, out) {
+            problems.push((path, reason));
+        }
+        on_image();
+    }
+    if !problems.is_empty() {
+        return Err(DataError::Undecodable(problems));
+    }
+    Ok(Dataset { listing, pixels, shape: [channels, height as usize, width as usize] })
+}
+
+/// Decodes one image into `out`, laid out channel by channel.
+fn decode_one(path: &Path, config: &DataConfig, out: &mut [f32]) -> Result<(), String> {
+    let [height, width] = config.image_size;
+    let reader = image::ImageReader::open(path).map_err(|error| error.to_string())?;
+    let reader = reader.with_guessed_format().map_err(|error| error.to_string())?;
+    let mut image = reader.decode().map_err(|error| error.to_string())?;
+    if image.width() != width || image.height() != height {
+        image = image.resize_exact(width, height, FilterType::Triangle);
+    }
+    let plane = height as usize * width as usize;
+    let interleaved: Vec<f32> = match config.color {
+        Color::Grayscale => image.to_luma32f().into_raw(),
+        Color::Rgb => image.to_rgb32f().into_raw(),
+    };
+    let channels = config.color.channels();
+    for (index, value) in interleaved.iter().enumerate() {
+        let channel = index % channels;
+        let normalised = (value - config.mean[channel]) / config.std[channel];
+        out[channel * plane + index / channels] = normalised;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn png(path: &Path, value: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(2, 2, image::Luma([value])).save(path).unwrap();
+    }
+
+    fn config() -> DataConfig {
+        DataConfig {
+            train: PathBuf::new(),
+            test: PathBuf::new(),
+            color: Color::Grayscale,
+            image_size: [2, 2],
+            mean: vec![0.5],
+            std: vec![0.5],
+        }
+    }
+
+    #[test]
+    fn scan_sorts_classes_and_skips_hidden_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("b/1.png"), 0);
+        png(&dir.path().join("a/2.PNG"), 0);
+        png(&dir.path().join("a/nested/3.png"), 0);
+        touch(&dir.path().join("a/.DS_Store"), b"junk");
+        png(&dir.path().join(".ipynb_checkpoints/4.png"), 0);
+        png(&dir.path().join("b/.hidden/5.png"), 0);
+        touch(&dir.path().join("b/notes.txt"), b"not an image");
+
+        let listing = scan(dir.path()).unwrap();
+        assert_eq!(listing.classes, ["a", "b"]);
+        let ids: Vec<_> = listing.samples.iter().map(|s| (s.id.as_str(), s.label)).collect();
+        assert_eq!(ids, [("a/2.PNG", 0), ("a/nested/3.png", 0), ("b/1.png", 1)]);
+        assert_eq!(listing.skipped, [dir.path().join("b/notes.txt")]);
+    }
+
+    #[test]
+    fn empty_class_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a/1.png"), 0);
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        let error = scan(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(&dir.path().join("b").display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn decode_normalises_and_names_every_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a/white.png"), 255);
+        png(&dir.path().join("a/black.png"), 0);
+        let listing = scan(dir.path()).unwrap();
+        let dataset = decode(listing, &config(), &|| {}).unwrap();
+        // black.png sorts first: (0 - 0.5) / 0.5 = -1, then white: (1 - 0.5) / 0.5 = 1.
+        assert_eq!(dataset.pixels, [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]);
+
+        touch(&dir.path().join("a/broken.png"), b"\x89PNG\r\n\x1a\nnot really");
+        touch(&dir.path().join("a/empty.png"), b"");
+        let listing = scan(dir.path()).unwrap();
+        let error = decode(listing, &config(), &|| {}).unwrap_err().to_string();
+        assert!(error.starts_with("2 image(s) could not be decoded"), "{error}");
+        assert!(error.contains("broken.png"), "{error}");
+        assert!(error.contains("empty.png"), "{error}");
+    }
+
+    #[test]
+    fn images_are_resized_to_the_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        image::GrayImage::from_pixel(5, 3, image::Luma([255]))
+            .save(dir.path().join("a/x.png"))
+            .unwrap();
+        let dataset = decode(scan(dir.path()).unwrap(), &config(), &|| {}).unwrap();
+        assert_eq!(dataset.shape, [1, 2, 2]);
+        assert_eq!(dataset.pixels, [1.0; 4]);
+    }
+}

@@ -1,0 +1,27 @@
+//! modelci: did the model get worse? Trains a model with libtorch, evaluates it, gates the
+//! result against a baseline, and writes the pull-request comment.
+//!
+//! The stages, in the order `modelci run` calls them (see [`pipeline`]):
+//! [`config`] → [`data`] → `train` → `evaluate` → [`metrics`] → [`gate`] → [`report`].
+//! Everything that needs libtorch sits behind the default `torch` feature.
+
+pub mod app;
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod gate;
+pub mod metrics;
+pub mod report;
+pub mod ui;
+
+#[cfg(feature = "torch")]
+pub mod evaluate;
+#[cfg(feature = "torch")]
+pub mod model;
+#[cfg(feature = "torch")]
+pub mod pipeline;
+#[cfg(feature = "torch")]
+pub mod torch;
+#[cfg(feature = "torch")]
+pub mod train;
