@@ -1,0 +1,295 @@
+#![cfg(feature = "torch")]
+//! `modelci run` as a user meets it: the exit code, what it prints, and the files it writes.
+//!
+//! Most tests train a small MLP on a subset of the committed MNIST example (20 training and 10
+//! test images per digit), which takes about a second; one runs the committed example itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A project folder in a temporary directory: a config and a small image-folder dataset.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        Project::with_config(&small_config(""))
+    }
+
+    fn with_config(config: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(REPO).join("examples/mnist/data");
+        for (split, per_class) in [("train", 20), ("test", 10)] {
+            for digit in 0..10 {
+                let from = example.join(split).join(digit.to_string());
+                let to = dir.path().join("data").join(split).join(digit.to_string());
+                std::fs::create_dir_all(&to).unwrap();
+                let mut names: Vec<_> =
+                    std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().file_name()).collect();
+                names.sort();
+                for name in names.into_iter().take(per_class) {
+                    std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+                }
+            }
+        }
+        let project = Project { dir };
+        project.write("modelci.toml", config.as_bytes());
+        project
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn write(&self, relative: &str, bytes: &[u8]) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_modelci"));
+        command.current_dir(self.dir.path()).args(["run", "--quiet"]).args(extra);
+        command.output().unwrap()
+    }
+
+    fn json(&self, relative: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.path(relative)).unwrap()).unwrap()
+    }
+}
+
+fn small_config(train_overrides: &str) -> String {
+    format!(
+        r#"
+[data]
+train = "data/train"
+test = "data/test"
+image_size = [28, 28]
+mean = [0.1307]
+std = [0.3081]
+
+[model]
+kind = "mlp"
+hidden = [32]
+
+[train]
+epochs = 3
+batch_size = 16
+optimizer = "adam"
+learning_rate = 0.005
+seed = 3
+threads = 1
+device = "cpu"
+{train_overrides}
+
+[gate]
+baseline = "baseline"
+
+[[gate.rules]]
+metric = "accuracy"
+absolute_tolerance = 0.05
+
+[output]
+dir = "out"
+"#
+    )
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn metric_row<'a>(verdict: &'a Value, name: &str) -> &'a Value {
+    verdict["metrics"].as_array().unwrap().iter().find(|row| row["name"] == name).unwrap()
+}
+
+/// `metrics.json` without the fields documented to vary between identical runs.
+fn without_durations(mut metrics: Value) -> Value {
+    metrics["metadata"].as_object_mut().unwrap().remove("durations");
+    metrics
+}
+
+#[test]
+fn no_baseline_then_update_then_pass_then_regression() {
+    let project = Project::new();
+
+    let first = project.run(&[]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(project.json("out/verdict.json")["verdict"], "no_baseline");
+    assert!(stdout(&first).starts_with("verdict: no baseline\n"), "{}", stdout(&first));
+    let report = std::fs::read_to_string(project.path("out/report.md")).unwrap();
+    assert!(
+        report.starts_with("<!-- modelci:report label=default -->\n### ⚪ modelci: no baseline")
+    );
+    assert!(!report.contains("no regression"), "no baseline must never read as a pass");
+
+    let update = project.run(&["--update-baseline"]);
+    assert_eq!(update.status.code(), Some(0), "{}", stderr(&update));
+    assert_eq!(
+        std::fs::read(project.path("baseline/metrics.json")).ok().map(|b| b.len()),
+        std::fs::read(project.path("out/metrics.json")).ok().map(|b| b.len())
+    );
+    assert!(project.path("baseline/predictions.jsonl").exists());
+
+    let again = project.run(&[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let verdict = project.json("out/verdict.json");
+    assert_eq!(verdict["verdict"], "pass");
+    assert_eq!(metric_row(&verdict, "accuracy")["verdict"], "pass");
+    let accuracy = project.json("out/metrics.json")["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.6, "the small MLP should learn something, got {accuracy}");
+
+    // A learning rate too small to learn anything in three epochs.
+    project.write("modelci.toml", small_config("").replace("0.005", "0.000001").as_bytes());
+    let worse = project.run(&[]);
+    assert_eq!(worse.status.code(), Some(1), "{}", stderr(&worse));
+    let verdict = project.json("out/verdict.json");
+    assert_eq!(verdict["verdict"], "fail");
+    assert_eq!(metric_row(&verdict, "accuracy")["verdict"], "fail");
+    let report = std::fs::read_to_string(project.path("out/report.md")).unwrap();
+    assert!(report.contains("### ❌ modelci: regression in accuracy"), "{report}");
+    assert!(stdout(&worse).contains("FAIL: worse by"), "{}", stdout(&worse));
+}
+
+#[test]
+fn missing_baseline_folder_given_on_the_command_line_is_no_baseline() {
+    let project = Project::new();
+    let output = project.run(&["--baseline", "does/not/exist", "--output", "elsewhere"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(project.json("elsewhere/verdict.json")["verdict"], "no_baseline");
+    assert!(!project.path("out").exists());
+}
+
+#[test]
+fn same_seed_gives_identical_metrics_apart_from_durations() {
+    let project = Project::new();
+    assert_eq!(project.run(&["--output", "one"]).status.code(), Some(0));
+    assert_eq!(project.run(&["--output", "two"]).status.code(), Some(0));
+    let one = project.json("one/metrics.json");
+    let two = project.json("two/metrics.json");
+    assert!(one["metadata"]["durations"]["train_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(without_durations(one), without_durations(two));
+    assert_eq!(
+        std::fs::read(project.path("one/predictions.jsonl")).unwrap(),
+        std::fs::read(project.path("two/predictions.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn hidden_files_and_folders_are_ignored() {
+    let project = Project::new();
+    assert_eq!(project.run(&["--output", "clean"]).status.code(), Some(0));
+
+    project.write("data/train/3/.DS_Store", b"\x00\x01 not an image");
+    project.write("data/train/.ipynb_checkpoints/x.png", b"not a png either");
+    let real_png = std::fs::read(project.path("data/train/3/00000.png")).unwrap();
+    project.write("data/test/7/.hidden.png", &real_png);
+    project.write("data/test/.cache/0/extra.png", &real_png);
+    let output = project.run(&["--output", "cluttered"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let metrics = project.json("cluttered/metrics.json");
+    assert_eq!(metrics["metadata"]["datasets"]["train"], 200);
+    assert_eq!(metrics["metadata"]["datasets"]["test"], 100);
+    assert_eq!(metrics["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(without_durations(metrics), without_durations(project.json("clean/metrics.json")));
+}
+
+#[test]
+fn corrupt_png_is_named_in_the_error() {
+    let project = Project::new();
+    project.write("data/train/4/broken.png", b"\x89PNG\r\n\x1a\n truncated");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("1 image(s) could not be decoded"), "{message}");
+    assert!(message.contains(&format!("data/train/4{}broken.png", "/")), "{message}");
+    assert!(!project.path("out/metrics.json").exists(), "no metrics after a data error");
+}
+
+#[test]
+fn config_error_names_file_line_key_and_allowed_values() {
+    let project = Project::with_config(&small_config("optimiser = \"adam\""));
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.starts_with("error: invalid config modelci.toml:21:1: "), "{message}");
+    assert!(message.contains("unknown field `optimiser`, expected one of"), "{message}");
+    assert!(message.contains("`optimizer`"), "{message}");
+    assert!(message.contains("21 | optimiser = \"adam\""), "{message}");
+}
+
+#[test]
+fn missing_config_file_is_a_usage_error() {
+    let project = Project::new();
+    let output = project.run(&["--config", "nope.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("cannot read the config file nope.toml"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn cuda_asked_for_without_cuda_is_a_clear_error() {
+    let project =
+        Project::with_config(&small_config("").replace("device = \"cpu\"", "device = \"cuda\""));
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("train.device = \"cuda:0\" asks for CUDA"), "{message}");
+    assert!(message.contains("hint: "), "{message}");
+}
+
+#[test]
+fn test_set_with_other_classes_is_an_error() {
+    let project = Project::new();
+    std::fs::rename(project.path("data/test/9"), project.path("data/test/nine")).unwrap();
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("the test set's classes differ"), "{}", stderr(&output));
+}
+
+#[test]
+fn doctor_reports_libtorch_and_cuda() {
+    let output = Command::new(env!("CARGO_BIN_EXE_modelci")).arg("doctor").output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("libtorch: 2.13.0 ("), "{text}");
+    assert!(text.contains("cuda: "), "{text}");
+    assert!(text.contains("threads: "), "{text}");
+}
+
+/// The acceptance check of the committed example: the CNN passes its committed baseline and
+/// reaches at least 95% accuracy on the 1,000 committed test images.
+#[test]
+fn committed_example_passes_its_committed_baseline() {
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_modelci"))
+        .current_dir(REPO)
+        .args(["run", "--quiet", "--config", "examples/mnist/modelci.toml", "--output"])
+        .arg(output_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(output_dir.path().join("metrics.json")).unwrap())
+            .unwrap();
+    let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.95, "accuracy {accuracy}");
+    assert_eq!(metrics["metadata"]["datasets"]["test"], 1000);
+    let verdict: Value =
+        serde_json::from_slice(&std::fs::read(output_dir.path().join("verdict.json")).unwrap())
+            .unwrap();
+    assert_eq!(verdict["verdict"], "pass");
+}
