@@ -26,13 +26,14 @@ impl From<Exit> for std::process::ExitCode {
 pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Run(args) => run(args, ui, stdout),
+        Command::Gate(args) => gate(args, ui, stdout),
         Command::Doctor => doctor(stdout),
     }
 }
 
 #[cfg(feature = "torch")]
 fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
-    use crate::pipeline::{self, REPORT_FILE, RunOptions};
+    use crate::pipeline::{self, RunOptions};
 
     let options = RunOptions {
         config: args.config,
@@ -43,7 +44,7 @@ fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Re
     };
     let result = pipeline::run(&options, ui)?;
     write_out(stdout, &crate::report::terminal(&result.outcome))?;
-    write_out(stdout, &format!("report: {}\n", result.output.join(REPORT_FILE).display()))?;
+    write_out(stdout, &format!("report: {}\n", result.report.display()))?;
     if result.baseline_updated && result.outcome.verdict == crate::gate::Verdict::Fail {
         ui.warn("this run regressed against the old baseline, and is now the baseline");
     }
@@ -56,6 +57,68 @@ fn run(_: crate::cli::RunArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit
         "this modelci was built without the `torch` feature, so it cannot train\nhint: use a \
          build with libtorch, or gate metrics produced elsewhere"
     )
+}
+
+fn gate(args: crate::cli::GateArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::{Config, DEFAULT_FILE, GateConfig, Rule, StatisticsConfig};
+    use crate::gate::{self, Verdict, input};
+
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| Path::new(DEFAULT_FILE).is_file().then(|| PathBuf::from(DEFAULT_FILE)));
+    let (gate_config, output) = match &config_path {
+        Some(path) => {
+            let config = Config::load(path)?;
+            (config.gate, config.output.dir)
+        }
+        None => {
+            ui.debug("no config: gating every numeric metric with no tolerance");
+            let every = Rule {
+                metric: "*".to_string(),
+                direction: None,
+                absolute_tolerance: None,
+                relative_tolerance: None,
+                minimum: None,
+                maximum: None,
+                required: true,
+            };
+            let config = GateConfig {
+                baseline: PathBuf::from("baseline"),
+                require_baseline: false,
+                rules: vec![every],
+                added: crate::config::Policy::Ignore,
+                removed: crate::config::Policy::Fail,
+                non_numeric: crate::config::Policy::Fail,
+                statistics: StatisticsConfig::default(),
+            };
+            (config, PathBuf::from("modelci-output"))
+        }
+    };
+    let output = args.output.unwrap_or(output);
+    let location = args.baseline.unwrap_or_else(|| gate_config.baseline.display().to_string());
+
+    let current = input::read_run(&args.metrics, args.predictions.as_deref())?;
+    let baseline = input::read_baseline(&location)?;
+    if baseline.is_none() && gate_config.require_baseline {
+        anyhow::bail!(
+            "no baseline at {location}, and gate.require_baseline is set\nhint: produce one with \
+             `modelci run --update-baseline` on the main branch"
+        );
+    }
+    let pair = baseline.as_ref().map(|(run, source)| (run, source));
+    let outcome = gate::compare(&current, pair, &location, &gate_config);
+    let report = crate::report::write_outputs(
+        &outcome,
+        &output,
+        &args.label,
+        &crate::report::RunSummary::default(),
+    )?;
+    write_out(stdout, &crate::report::terminal(&outcome))?;
+    write_out(stdout, &format!("report: {}\n", report.display()))?;
+    Ok(if outcome.verdict == Verdict::Fail { Exit::Regression } else { Exit::Success })
 }
 
 #[cfg(feature = "torch")]

@@ -29,8 +29,41 @@ pub struct Cli {
 pub enum Command {
     /// Train, evaluate, gate against the baseline, and write the run folder and the report.
     Run(RunArgs),
+    /// Compare metrics produced anywhere with a baseline, and write the verdict and reports.
+    Gate(GateArgs),
     /// Show the libtorch in use, whether CUDA is usable, and the thread count.
     Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// This run: a metrics JSON file, or a run folder holding metrics.json.
+    #[arg(long, value_name = "PATH")]
+    pub metrics: PathBuf,
+
+    /// This run's per-sample predictions (JSON lines) [default: predictions.jsonl beside the
+    /// metrics, when present].
+    #[arg(long, value_name = "PATH")]
+    pub predictions: Option<PathBuf>,
+
+    /// The baseline: a run folder, a metrics file, or git:REVISION:PATH
+    /// [default: gate.baseline from the config].
+    #[arg(long, value_name = "LOCATION")]
+    pub baseline: Option<String>,
+
+    /// The config whose [gate] section holds the rules [default: modelci.toml when it exists;
+    /// otherwise every numeric metric is gated with no tolerance].
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Where to write verdict.json, report.md, junit.xml and metrics.txt
+    /// [default: output.dir from the config, else modelci-output].
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// The label of the report's comment marker.
+    #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]
+    pub label: String,
 }
 
 #[derive(Debug, Args)]
@@ -39,9 +72,10 @@ pub struct RunArgs {
     #[arg(long, short, default_value = DEFAULT_FILE, value_name = "PATH")]
     pub config: PathBuf,
 
-    /// The baseline run folder to compare with [default: gate.baseline from the config].
-    #[arg(long, value_name = "DIR")]
-    pub baseline: Option<PathBuf>,
+    /// The baseline to compare with: a run folder, a metrics file, or git:REVISION:PATH
+    /// [default: gate.baseline from the config].
+    #[arg(long, value_name = "LOCATION")]
+    pub baseline: Option<String>,
 
     /// Where to write this run's files [default: output.dir from the config].
     #[arg(long, short, value_name = "DIR")]

@@ -116,6 +116,58 @@ pub struct GateConfig {
     /// Whether a missing baseline is an error rather than the `no_baseline` verdict.
     pub require_baseline: bool,
     pub rules: Vec<Rule>,
+    /// What a gated metric in the run but not in the baseline gets.
+    pub added: Policy,
+    /// What a gated metric in the baseline but not in the run gets.
+    pub removed: Policy,
+    /// What a gated metric whose value is not a number (a string, a boolean) gets.
+    pub non_numeric: Policy,
+    pub statistics: StatisticsConfig,
+}
+
+/// How the gate treats a metric that cannot be compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Shown with no verdict; does not affect the run's verdict.
+    Ignore,
+    /// A warning: the run's verdict is at best `warn`.
+    Warn,
+    /// A failure, as a regression would be.
+    Fail,
+}
+
+/// The paired statistics, used when both runs have per-sample predictions.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatisticsConfig {
+    pub enabled: bool,
+    /// The significance level: a p-value below it is significant.
+    #[serde(deserialize_with = "fraction")]
+    pub alpha: f64,
+    /// The level of the bootstrap confidence intervals.
+    #[serde(deserialize_with = "fraction")]
+    pub confidence: f64,
+    /// Bootstrap resamples.
+    #[serde(deserialize_with = "at_least_one")]
+    pub resamples: usize,
+    /// Seeds the bootstrap's generator.
+    pub seed: u64,
+    /// Fewer paired samples than this give no verdict rather than a guess.
+    pub min_samples: usize,
+}
+
+impl Default for StatisticsConfig {
+    fn default() -> Self {
+        StatisticsConfig {
+            enabled: true,
+            alpha: 0.05,
+            confidence: 0.95,
+            resamples: 1000,
+            seed: 0,
+            min_samples: 30,
+        }
+    }
 }
 
 /// How one metric, or every metric a glob matches, is judged. The first matching rule wins.
@@ -132,6 +184,17 @@ pub struct Rule {
     /// How much worse than the baseline, as a fraction of the baseline, still passes.
     #[serde(default, deserialize_with = "non_negative_option")]
     pub relative_tolerance: Option<f64>,
+    /// A value below this fails whatever the baseline says.
+    pub minimum: Option<f64>,
+    /// A value above this fails whatever the baseline says.
+    pub maximum: Option<f64>,
+    /// A failure of an optional metric is only a warning.
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -342,7 +405,7 @@ fn default_device() -> Device {
     Device::Auto
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGate {
     baseline: Option<PathBuf>,
@@ -350,6 +413,35 @@ struct RawGate {
     require_baseline: bool,
     #[serde(default)]
     rules: Vec<Spanned<Rule>>,
+    #[serde(default = "ignore")]
+    added: Policy,
+    #[serde(default = "fail")]
+    removed: Policy,
+    #[serde(default = "fail")]
+    non_numeric: Policy,
+    #[serde(default)]
+    statistics: StatisticsConfig,
+}
+
+fn ignore() -> Policy {
+    Policy::Ignore
+}
+fn fail() -> Policy {
+    Policy::Fail
+}
+
+impl Default for RawGate {
+    fn default() -> Self {
+        RawGate {
+            baseline: None,
+            require_baseline: false,
+            rules: Vec::new(),
+            added: Policy::Ignore,
+            removed: Policy::Fail,
+            non_numeric: Policy::Fail,
+            statistics: StatisticsConfig::default(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -484,6 +576,10 @@ impl RawConfig {
                 baseline: base.join(self.gate.baseline.unwrap_or_else(|| "baseline".into())),
                 require_baseline: self.gate.require_baseline,
                 rules,
+                added: self.gate.added,
+                removed: self.gate.removed,
+                non_numeric: self.gate.non_numeric,
+                statistics: self.gate.statistics,
             },
             output: OutputConfig {
                 dir: base.join(self.output.dir.unwrap_or_else(|| "modelci-output".into())),
@@ -524,6 +620,14 @@ fn non_negative_option<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<f64>, D::Error> {
     non_negative(deserializer).map(Some)
+}
+
+fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if !(value > 0.0 && value < 1.0) {
+        return Err(de::Error::custom(format!("must be between 0 and 1, exclusive, got {value}")));
+    }
+    Ok(value)
 }
 
 fn image_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u32; 2], D::Error> {

@@ -13,6 +13,7 @@ pub mod data;
 pub mod gate;
 pub mod metrics;
 pub mod report;
+pub mod stats;
 pub mod ui;
 
 #[cfg(feature = "torch")]

@@ -75,12 +75,23 @@ pub fn compute(predictions: &[Prediction], classes: &[String]) -> (Metrics, Conf
     let total = predictions.len() as f64;
     let correct: u64 = (0..classes.len()).map(|class| matrix[class][class]).sum();
     let loss_sum: f64 = predictions.iter().map(|prediction| prediction.loss).sum();
+    let (per_class, macro_average) = scores_from_confusion(&matrix);
+    let metrics = Metrics {
+        accuracy: ratio(correct as f64, total),
+        loss: ratio(loss_sum, total),
+        macro_average,
+        per_class: classes.iter().cloned().zip(per_class).collect(),
+    };
+    (metrics, matrix)
+}
 
-    let mut per_class = BTreeMap::new();
+/// Per-class scores, in class order, and their macro average, from a confusion matrix.
+pub fn scores_from_confusion(matrix: &ConfusionMatrix) -> (Vec<ClassScores>, Scores) {
+    let mut per_class = Vec::with_capacity(matrix.len());
     let mut sums = Scores { precision: 0.0, recall: 0.0, f1: 0.0 };
-    for (index, name) in classes.iter().enumerate() {
-        let true_positives = matrix[index][index] as f64;
-        let support: u64 = matrix[index].iter().sum();
+    for (index, row) in matrix.iter().enumerate() {
+        let true_positives = row[index] as f64;
+        let support: u64 = row.iter().sum();
         let predicted: u64 = matrix.iter().map(|row| row[index]).sum();
         let precision = ratio(true_positives, predicted as f64);
         let recall = ratio(true_positives, support as f64);
@@ -88,20 +99,15 @@ pub fn compute(predictions: &[Prediction], classes: &[String]) -> (Metrics, Conf
         sums.precision += precision;
         sums.recall += recall;
         sums.f1 += f1;
-        per_class.insert(name.clone(), ClassScores { precision, recall, f1, support });
+        per_class.push(ClassScores { precision, recall, f1, support });
     }
-    let count = classes.len().max(1) as f64;
-    let metrics = Metrics {
-        accuracy: ratio(correct as f64, total),
-        loss: ratio(loss_sum, total),
-        macro_average: Scores {
-            precision: sums.precision / count,
-            recall: sums.recall / count,
-            f1: sums.f1 / count,
-        },
-        per_class,
+    let count = matrix.len().max(1) as f64;
+    let average = Scores {
+        precision: sums.precision / count,
+        recall: sums.recall / count,
+        f1: sums.f1 / count,
     };
-    (metrics, matrix)
+    (per_class, average)
 }
 
 /// `numerator / denominator`, or 0 when the denominator is 0.

@@ -6,7 +6,8 @@
 //! - `metrics.json`: the metrics, the confusion matrix and how the run was made;
 //! - `predictions.jsonl`: one line per test sample (see [`crate::metrics::Prediction`]);
 //! - `verdict.json`: the gate's outcome, schema `modelci.verdict/v1`;
-//! - `report.md`: the pull-request comment.
+//! - `report.md`: the pull-request comment;
+//! - `junit.xml` and `metrics.txt` (OpenMetrics): the gate for CI widgets.
 //!
 //! With the same seed, thread count and data, `metrics.json` is byte-identical between runs
 //! except for the `metadata.durations` object.
@@ -23,7 +24,8 @@ use crate::atomic;
 use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
 use crate::data::{self, Dataset};
 use crate::evaluate;
-use crate::gate::{self, FlatMetrics, METRICS_SCHEMA, Outcome, Verdict};
+use crate::gate::input::{self, BaselineSource, RunInput};
+use crate::gate::{self, METRICS_SCHEMA, Outcome, Verdict};
 use crate::metrics::{self, ConfusionMatrix, Metrics, Prediction};
 use crate::model;
 use crate::report::{self, RunSummary};
@@ -31,18 +33,14 @@ use crate::torch::{self, LIBTORCH_VERSION};
 use crate::train::{self, EpochStats};
 use crate::ui::Ui;
 
-/// The files of a run folder, and of a baseline folder.
-pub const METRICS_FILE: &str = "metrics.json";
-pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
-pub const VERDICT_FILE: &str = "verdict.json";
-pub const REPORT_FILE: &str = "report.md";
+pub use crate::gate::input::{METRICS_FILE, PREDICTIONS_FILE};
 
 /// What `modelci run` was asked to do, beyond the config.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config: PathBuf,
-    /// Overrides `gate.baseline`.
-    pub baseline: Option<PathBuf>,
+    /// Overrides `gate.baseline`: a run folder, a metrics file, or `git:REV:PATH`.
+    pub baseline: Option<String>,
     /// Overrides `output.dir`.
     pub output: Option<PathBuf>,
     /// After gating, make this run the baseline.
@@ -56,6 +54,7 @@ pub struct RunOptions {
 pub struct RunResult {
     pub outcome: Outcome,
     pub output: PathBuf,
+    pub report: PathBuf,
     pub baseline_updated: bool,
 }
 
@@ -121,9 +120,16 @@ struct Durations {
 
 pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     let config = Config::load(&options.config)?;
-    let baseline_dir = options.baseline.clone().unwrap_or_else(|| config.gate.baseline.clone());
+    let location =
+        options.baseline.clone().unwrap_or_else(|| config.gate.baseline.display().to_string());
+    if options.update_baseline && location.starts_with("git:") {
+        bail!(
+            "--update-baseline needs a baseline folder, not {location}\nhint: give --baseline DIR, \
+             or set gate.baseline to a folder"
+        );
+    }
     let output = options.output.clone().unwrap_or_else(|| config.output.dir.clone());
-    let baseline = read_baseline(&baseline_dir, &config, ui)?;
+    let baseline = read_baseline(&location, &config, ui)?;
     let device = torch::choose_device(config.train.device)?;
     ui.debug(format!("device {} ({})", device.name, device.reason));
 
@@ -204,8 +210,12 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     atomic::write(&output.join(METRICS_FILE), &metrics_json)?;
     atomic::write(&output.join(PREDICTIONS_FILE), &predictions_jsonl)?;
 
-    let current = gate::read_metrics(&output.join(METRICS_FILE))?;
-    let outcome = gate::compare(&current, baseline.as_ref(), &baseline_dir, &config.gate.rules);
+    let current = RunInput {
+        metrics: input::read_metrics(&output.join(METRICS_FILE))?,
+        predictions: Some(predictions),
+    };
+    let baseline_pair = baseline.as_ref().map(|(run, source)| (run, source));
+    let outcome = gate::compare(&current, baseline_pair, &location, &config.gate);
     let summary = RunSummary {
         lines: vec![format!(
             "This run: {} trained for {} epochs on {} images ({:.0} samples/s, {:.1} s), \
@@ -222,11 +232,10 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
             LIBTORCH_VERSION
         )],
     };
-    atomic::write(&output.join(VERDICT_FILE), &to_json(&outcome)?)?;
-    let markdown = report::markdown(&outcome, &options.label, &summary);
-    atomic::write(&output.join(REPORT_FILE), markdown.as_bytes())?;
+    let report = report::write_outputs(&outcome, &output, &options.label, &summary)?;
 
     if options.update_baseline {
+        let baseline_dir = PathBuf::from(&location);
         atomic::replace_dir::<anyhow::Error>(&baseline_dir, |staging| {
             atomic::write(&staging.join(METRICS_FILE), &metrics_json)?;
             atomic::write(&staging.join(PREDICTIONS_FILE), &predictions_jsonl)?;
@@ -235,23 +244,29 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
         ui.status(format!("baseline updated: {}", baseline_dir.display()));
     }
 
-    Ok(RunResult { outcome, output, baseline_updated: options.update_baseline })
+    Ok(RunResult { outcome, output, report, baseline_updated: options.update_baseline })
 }
 
-/// The baseline's metrics, or `None` when there is no baseline and that is allowed.
-fn read_baseline(dir: &Path, config: &Config, ui: &Ui) -> anyhow::Result<Option<FlatMetrics>> {
-    let file = dir.join(METRICS_FILE);
-    if file.exists() {
-        return Ok(Some(gate::read_metrics(&file)?));
+/// The baseline, or `None` when there is none and that is allowed.
+fn read_baseline(
+    location: &str,
+    config: &Config,
+    ui: &Ui,
+) -> anyhow::Result<Option<(RunInput, BaselineSource)>> {
+    let baseline = input::read_baseline(location)?;
+    if baseline.is_none() {
+        if config.gate.require_baseline {
+            bail!(
+                "no baseline at {location}, and gate.require_baseline is set\nhint: produce one \
+                 with `modelci run --update-baseline` on the main branch"
+            );
+        }
+        if Path::new(location).is_dir() {
+            ui.warn(format!("baseline folder {location} has no {METRICS_FILE}"));
+        }
+        ui.debug(format!("no baseline at {location}"));
     }
-    if config.gate.require_baseline {
-        bail!(gate::GateError::BaselineRequired(dir.to_path_buf()));
-    }
-    if dir.exists() {
-        ui.warn(format!("baseline folder {} has no {METRICS_FILE}", dir.display()));
-    }
-    ui.debug(format!("no baseline at {}", dir.display()));
-    Ok(None)
+    Ok(baseline)
 }
 
 fn load_datasets(config: &Config, ui: &Ui) -> anyhow::Result<(Dataset, Dataset)> {

@@ -9,17 +9,59 @@
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-use crate::gate::{Comparison, MetricVerdict, Outcome, Verdict};
+use crate::atomic;
+use crate::gate::{Comparison, Flip, MetricVerdict, Outcome, Verdict, format_p};
+
+pub mod junit;
+pub mod openmetrics;
 
 /// The label of the comment marker when none is given.
 pub const DEFAULT_LABEL: &str = "default";
+
+/// The files the gate writes into a run folder.
+pub const VERDICT_FILE: &str = "verdict.json";
+pub const REPORT_FILE: &str = "report.md";
+pub const JUNIT_FILE: &str = "junit.xml";
+pub const OPENMETRICS_FILE: &str = "metrics.txt";
+
+/// How many flipped samples and confusion cells a section lists before it only counts.
+const LISTED_ROWS: usize = 50;
 
 /// What the report says about the run besides the gate: shown under the table.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     /// One line per fact, already phrased, e.g. "trained on 4,000 images in 12.3 s".
     pub lines: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Write(#[from] atomic::WriteError),
+    #[error("cannot render junit.xml: {0}")]
+    Junit(#[from] quick_junit::SerializeError),
+    #[error("cannot render verdict.json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Writes `verdict.json`, `report.md`, `junit.xml` and `metrics.txt` into `folder`, and
+/// returns the path of `report.md`.
+pub fn write_outputs(
+    outcome: &Outcome,
+    folder: &Path,
+    label: &str,
+    run: &RunSummary,
+) -> Result<PathBuf, ReportError> {
+    let mut verdict = serde_json::to_vec_pretty(outcome)?;
+    verdict.push(b'\n');
+    atomic::write(&folder.join(VERDICT_FILE), &verdict)?;
+    atomic::write(&folder.join(JUNIT_FILE), junit::render(outcome)?.as_bytes())?;
+    atomic::write(&folder.join(OPENMETRICS_FILE), openmetrics::render(outcome).as_bytes())?;
+    let report = folder.join(REPORT_FILE);
+    atomic::write(&report, markdown(outcome, label, run).as_bytes())?;
+    Ok(report)
 }
 
 /// The hidden first line that lets a later run find and update its own comment.
@@ -37,51 +79,73 @@ pub fn markdown(outcome: &Outcome, label: &str, run: &RunSummary) -> String {
     if outcome.metrics.is_empty() {
         out.push_str("No metric matched a rule in `gate.rules`, so nothing was gated.\n");
     } else {
-        out.push_str("| Metric | Baseline | This run | Change | Verdict |\n");
-        out.push_str("| :-- | --: | --: | :-- | :-- |\n");
+        let with_evidence = outcome.metrics.iter().any(|metric| metric.evidence.is_some());
+        out.push_str("| Metric | Baseline | This run | Change |");
+        out.push_str(if with_evidence { " Significance | Verdict |\n" } else { " Verdict |\n" });
+        out.push_str("| :-- | --: | --: | :-- |");
+        out.push_str(if with_evidence { " :-- | :-- |\n" } else { " :-- |\n" });
         for metric in &outcome.metrics {
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 escape(&metric.name),
                 value_cell(metric, metric.baseline),
                 value_cell(metric, metric.current),
                 change_cell(metric),
-                verdict_cell(metric),
             );
+            if with_evidence {
+                let _ = write!(out, " {} |", evidence_cell(metric));
+            }
+            let _ = writeln!(out, " {} |", verdict_cell(metric));
         }
         out.push_str("\n▲ better, ▼ worse than the baseline; pp = percentage points.\n");
     }
 
     out.push('\n');
-    let baseline = escape(&outcome.baseline.path.display().to_string());
-    if outcome.baseline.found {
-        let _ = writeln!(out, "Baseline: {baseline}.");
-    } else {
-        let _ = writeln!(
-            out,
-            "No baseline was found at {baseline}. Run `modelci run --update-baseline` on the main \
-             branch to record one."
-        );
-    }
+    let _ = writeln!(out, "{}", baseline_line(outcome));
     for line in &run.lines {
         let _ = writeln!(out, "{}", escape(line));
     }
+    per_class_section(outcome, &mut out);
+    confusion_section(outcome, &mut out);
+    flips_section(outcome, &mut out);
     out
+}
+
+fn baseline_line(outcome: &Outcome) -> String {
+    let location = escape(&outcome.baseline.location);
+    if !outcome.baseline.found {
+        return format!(
+            "No baseline was found at {location}. Run `modelci run --update-baseline` on the \
+             main branch to record one."
+        );
+    }
+    match (&outcome.baseline.commit, &outcome.baseline.date) {
+        (Some(commit), Some(date)) => {
+            let short: String = commit.chars().take(12).collect();
+            format!("Baseline: {location} at commit {short} ({}).", escape(date))
+        }
+        _ => format!("Baseline: {location}."),
+    }
 }
 
 /// The one line that says what happened.
 pub fn headline(outcome: &Outcome) -> String {
+    let names = |verdict| {
+        outcome.with_verdict(verdict).map(|metric| escape(&metric.name)).collect::<Vec<_>>()
+    };
     let gated = outcome.metrics.len();
     match outcome.verdict {
         Verdict::Pass => format!(
             "✅ modelci: no regression ({gated} gated metric{} within tolerance)",
             plural(gated)
         ),
+        Verdict::Warn => format!(
+            "⚠️ modelci: no regression, but look at {}",
+            names(MetricVerdict::Warn).join(", ")
+        ),
         Verdict::Fail => {
-            let failures: Vec<String> =
-                outcome.failures().map(|metric| escape(&metric.name)).collect();
-            format!("❌ modelci: regression in {}", failures.join(", "))
+            format!("❌ modelci: regression in {}", names(MetricVerdict::Fail).join(", "))
         }
         Verdict::NoBaseline => {
             "⚪ modelci: no baseline, nothing to compare with (not a pass)".to_string()
@@ -93,6 +157,7 @@ pub fn headline(outcome: &Outcome) -> String {
 pub fn terminal(outcome: &Outcome) -> String {
     let verdict = match outcome.verdict {
         Verdict::Pass => "pass",
+        Verdict::Warn => "warn",
         Verdict::Fail => "FAIL",
         Verdict::NoBaseline => "no baseline",
     };
@@ -104,9 +169,12 @@ pub fn terminal(outcome: &Outcome) -> String {
         "verdict".to_string(),
     ]];
     for metric in &outcome.metrics {
+        let reason = describe(metric);
         let verdict = match metric.verdict {
             MetricVerdict::Pass => "pass".to_string(),
-            MetricVerdict::Fail => format!("FAIL: {}", failure_reason(metric)),
+            MetricVerdict::Warn => format!("warn: {reason}"),
+            MetricVerdict::Fail => format!("FAIL: {reason}"),
+            MetricVerdict::NoVerdict => format!("no verdict: {reason}"),
             MetricVerdict::NoBaseline => "no baseline".to_string(),
         };
         rows.push([
@@ -124,19 +192,148 @@ pub fn terminal(outcome: &Outcome) -> String {
     for row in rows {
         let mut line = String::new();
         for (column, cell) in row.iter().enumerate() {
-            let pad = widths[column] - cell.chars().count();
             if column > 0 {
                 line.push_str("  ");
             }
             line.push_str(cell);
             if column < 4 {
-                line.push_str(&" ".repeat(pad));
+                line.push_str(&" ".repeat(widths[column] - cell.chars().count()));
             }
         }
         out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+fn class_name(outcome: &Outcome, index: usize) -> String {
+    let name = outcome.classes.as_ref().and_then(|classes| classes.get(index));
+    escape(&name.cloned().unwrap_or_else(|| index.to_string()))
+}
+
+fn per_class_section(outcome: &Outcome, out: &mut String) {
+    if outcome.per_class.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n<details><summary>Per-class metrics</summary>\n");
+    out.push_str(
+        "| Class | Precision | Recall | F1 | Support |\n| :-- | --: | --: | --: | --: |\n",
+    );
+    for (class, metrics) in &outcome.per_class {
+        let cell = |metric: &str| match metrics.get(metric) {
+            Some((Some(base), Some(current))) if base != current && metric != "support" => {
+                format!("{base:.4} → {current:.4}")
+            }
+            Some((_, Some(current))) if metric == "support" => format!("{current}"),
+            Some((_, Some(current))) => format!("{current:.4}"),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            escape(class),
+            cell("precision"),
+            cell("recall"),
+            cell("f1"),
+            cell("support")
+        );
+    }
+    out.push_str("\nWhere a value changed: baseline → this run.\n\n</details>\n");
+}
+
+fn confusion_section(outcome: &Outcome, out: &mut String) {
+    let Some(pairing) = &outcome.pairing else { return };
+    if pairing.confusion_changes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n<details><summary>Confusion-matrix changes ({} cells)</summary>\n",
+        pairing.confusion_changes.len()
+    );
+    out.push_str("| True class | Predicted | Baseline | This run | Change |\n");
+    out.push_str("| :-- | :-- | --: | --: | --: |\n");
+    for change in pairing.confusion_changes.iter().take(LISTED_ROWS) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:+} |",
+            class_name(outcome, change.label),
+            class_name(outcome, change.prediction),
+            change.baseline,
+            change.current,
+            change.current as i64 - change.baseline as i64
+        );
+    }
+    omitted(pairing.confusion_changes.len(), out);
+    out.push_str("\n</details>\n");
+}
+
+fn flips_section(outcome: &Outcome, out: &mut String) {
+    let Some(pairing) = &outcome.pairing else { return };
+    let _ = writeln!(
+        out,
+        "\n<details><summary>Flipped samples: {} newly wrong, {} newly right</summary>\n",
+        pairing.newly_wrong.len(),
+        pairing.newly_right.len()
+    );
+    let _ = writeln!(
+        out,
+        "Paired {} test samples by id ({} only in this run, {} only in the baseline). \
+         McNemar's exact test on the flips: p = {}.\n",
+        pairing.paired,
+        pairing.only_in_run,
+        pairing.only_in_baseline,
+        format_p(pairing.mcnemar_p_value)
+    );
+    for (title, flips) in
+        [("Newly wrong", &pairing.newly_wrong), ("Newly right", &pairing.newly_right)]
+    {
+        if flips.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "**{title}**\n");
+        out.push_str("| Sample | True class | Baseline predicted | This run predicted |\n");
+        out.push_str("| :-- | :-- | :-- | :-- |\n");
+        for Flip { id, label, baseline_prediction, prediction } in flips.iter().take(LISTED_ROWS) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                escape(id),
+                class_name(outcome, *label),
+                class_name(outcome, *baseline_prediction),
+                class_name(outcome, *prediction)
+            );
+        }
+        omitted(flips.len(), out);
+        out.push('\n');
+    }
+    out.push_str("</details>\n");
+}
+
+fn omitted(total: usize, out: &mut String) {
+    if total > LISTED_ROWS {
+        let _ =
+            writeln!(out, "\n{} more not shown; verdict.json lists them all.", total - LISTED_ROWS);
+    }
+}
+
+fn evidence_cell(metric: &Comparison) -> String {
+    let Some(evidence) = &metric.evidence else { return "-".to_string() };
+    let mut parts = Vec::new();
+    if let Some(p) = evidence.p_value {
+        parts.push(format!("p = {}", format_p(p)));
+    }
+    if let Some(interval) = &evidence.interval {
+        let scale = if is_rate(metric) { 100.0 } else { 1.0 };
+        let unit = if is_rate(metric) { " pp" } else { "" };
+        parts.push(format!(
+            "{:.0}% CI [{}, {}]{unit}",
+            interval.confidence * 100.0,
+            signed(interval.low * scale, 2),
+            signed(interval.high * scale, 2)
+        ));
+    }
+    parts.join(", ")
 }
 
 fn plural(count: usize) -> &'static str {
@@ -176,25 +373,31 @@ fn change_text(metric: &Comparison) -> Option<String> {
 }
 
 fn verdict_cell(metric: &Comparison) -> String {
+    let reason = || escape(&describe(metric));
     match metric.verdict {
         MetricVerdict::Pass => "✅ pass".to_string(),
-        MetricVerdict::Fail => format!("❌ fail: {}", escape(&failure_reason(metric))),
-        MetricVerdict::NoBaseline => {
-            format!("⚪ no baseline: {}", escape(metric.reason.as_deref().unwrap_or("")))
-        }
+        MetricVerdict::Warn => format!("⚠️ warn: {}", reason()),
+        MetricVerdict::Fail => format!("❌ fail: {}", reason()),
+        MetricVerdict::NoVerdict => format!("❔ no verdict: {}", reason()),
+        MetricVerdict::NoBaseline => "⚪ no baseline".to_string(),
     }
 }
 
-/// Why a metric failed, in words: the gate's reason, or how far beyond its tolerance it went.
-fn failure_reason(metric: &Comparison) -> String {
-    if let Some(reason) = &metric.reason {
-        return reason.clone();
-    }
+/// Why a metric got its verdict: how far it moved against its tolerance, then the gate's
+/// reason (statistics, policies), whichever exist.
+pub(crate) fn describe(metric: &Comparison) -> String {
+    let parts = [plain_reason(metric), metric.reason.clone().unwrap_or_default()];
+    parts.into_iter().filter(|part| !part.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// How far a metric moved against its tolerance, in words.
+pub(crate) fn plain_reason(metric: &Comparison) -> String {
     match (metric.worsening, metric.allowed_worsening) {
-        (Some(worsening), Some(allowed)) => {
+        (Some(worsening), Some(allowed)) if worsening > 0.0 => {
             format!("worse by {}, allowed {}", amount(metric, worsening), amount(metric, allowed))
         }
-        _ => "worse than allowed".to_string(),
+        (Some(_), Some(_)) => "not worse than the baseline".to_string(),
+        _ => String::new(),
     }
 }
 
@@ -259,8 +462,6 @@ pub fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::config::Direction;
     use crate::gate::{BaselineInfo, VERDICT_SCHEMA};
@@ -269,6 +470,7 @@ mod tests {
         Comparison {
             name: name.to_string(),
             direction: Direction::guess(name),
+            required: true,
             baseline: Some(baseline),
             current: Some(current),
             change: Some(current - baseline),
@@ -277,6 +479,7 @@ mod tests {
                 Direction::Lower => current - baseline,
             }),
             allowed_worsening: Some(0.01),
+            evidence: None,
             verdict,
             reason: None,
         }
@@ -286,8 +489,16 @@ mod tests {
         Outcome {
             schema: VERDICT_SCHEMA,
             verdict,
-            baseline: BaselineInfo { path: PathBuf::from("baseline"), found: true },
+            baseline: BaselineInfo {
+                location: "baseline".into(),
+                found: true,
+                commit: None,
+                date: None,
+            },
             metrics,
+            pairing: None,
+            classes: None,
+            per_class: Default::default(),
         }
     }
 
