@@ -162,10 +162,13 @@ pub struct Outcome {
     pub pairing: Option<Pairing>,
     /// Class names by index, when the run's metrics file has them.
     pub classes: Option<Vec<String>>,
-    /// Per-class metrics of both runs, for the report: class → metric → (baseline, current).
+    /// Per-class metrics of both runs, for the report.
     #[serde(skip)]
-    pub per_class: BTreeMap<String, BTreeMap<String, (Option<f64>, Option<f64>)>>,
+    pub per_class: PerClass,
 }
+
+/// Class name → metric name (`precision`, `f1`...) → (baseline value, this run's value).
+pub type PerClass = BTreeMap<String, BTreeMap<String, (Option<f64>, Option<f64>)>>;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BaselineInfo {
@@ -571,11 +574,8 @@ pub fn format_p(p: f64) -> String {
     if p < 1e-4 { format!("{p:.1e}") } else { format!("{p:.4}") }
 }
 
-fn per_class_table(
-    current: &RunInput,
-    baseline: Option<&RunInput>,
-) -> BTreeMap<String, BTreeMap<String, (Option<f64>, Option<f64>)>> {
-    let mut table: BTreeMap<String, BTreeMap<String, (Option<f64>, Option<f64>)>> = BTreeMap::new();
+fn per_class_table(current: &RunInput, baseline: Option<&RunInput>) -> PerClass {
+    let mut table = PerClass::new();
     let mut add = |metrics: &MetricsInput, is_current: bool| {
         for (name, value) in &metrics.values {
             let Some(rest) = name.strip_prefix("per_class.") else { continue };

@@ -9,9 +9,12 @@ use std::fmt::Write as _;
 
 use crate::gate::{Comparison, MetricVerdict, Outcome};
 
+/// A gauge: its name, its help text, and its value for a metric.
+type Gauge = (&'static str, &'static str, fn(&Comparison) -> Option<f64>);
+
 pub fn render(outcome: &Outcome) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&Comparison) -> Option<f64>); 4] = [
+    let gauges: [Gauge; 4] = [
         ("modelci_metric", "A gated metric's value in this run.", |m| m.current),
         ("modelci_baseline_metric", "A gated metric's value in the baseline.", |m| m.baseline),
         ("modelci_metric_change", "This run's value minus the baseline's.", |m| m.change),
