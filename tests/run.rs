@@ -293,3 +293,56 @@ fn committed_example_passes_its_committed_baseline() {
             .unwrap();
     assert_eq!(verdict["verdict"], "pass");
 }
+
+/// The committed example's config, rewritten to run from `dir` with `change` applied.
+fn example_config_in(dir: &Path, change: (&str, &str)) -> PathBuf {
+    let example = Path::new(REPO).join("examples/mnist");
+    let text = std::fs::read_to_string(example.join("modelci.toml")).unwrap();
+    let absolute = |relative: &str| format!("\"{}\"", example.join(relative).display());
+    let text = text
+        .replace("\"data/train\"", &absolute("data/train"))
+        .replace("\"data/test\"", &absolute("data/test"))
+        .replace("baseline = \"baseline\"", &format!("baseline = {}", absolute("baseline")))
+        .replace(change.0, change.1);
+    let path = dir.join("modelci.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_example_variant(change: (&str, &str)) -> (Output, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config_in(dir.path(), change);
+    let output = Command::new(env!("CARGO_BIN_EXE_modelci"))
+        .args(["run", "--quiet", "--config"])
+        .arg(&config)
+        .args(["--output"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let verdict = std::fs::read(dir.path().join("out/verdict.json")).unwrap();
+    (output, serde_json::from_slice(&verdict).unwrap())
+}
+
+/// Another seed is training noise: the gate passes or warns, never fails. A damaged model
+/// (a learning rate far too small) fails, and the flips make McNemar's test significant.
+#[test]
+fn other_seed_is_noise_but_a_damaged_model_is_a_significant_regression() {
+    let (output, verdict) = run_example_variant(("seed = 7", "seed = 8"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let overall = verdict["verdict"].as_str().unwrap();
+    assert!(overall == "pass" || overall == "warn", "{verdict:#}");
+    assert!(verdict["pairing"]["paired"] == 1000, "{verdict:#}");
+
+    let (output, verdict) =
+        run_example_variant(("learning_rate = 0.002", "learning_rate = 0.00001"));
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert_eq!(verdict["verdict"], "fail");
+    let accuracy = metric_row(&verdict, "accuracy");
+    assert_eq!(accuracy["verdict"], "fail");
+    assert_eq!(accuracy["evidence"]["test"], "mcnemar_exact");
+    let p = accuracy["evidence"]["p_value"].as_f64().unwrap();
+    assert!(p < 1e-6, "p = {p}");
+    let newly_wrong = verdict["pairing"]["newly_wrong"].as_array().unwrap().len();
+    let newly_right = verdict["pairing"]["newly_right"].as_array().unwrap().len();
+    assert!(newly_wrong > 5 * newly_right.max(1), "{newly_wrong} vs {newly_right}");
+}
