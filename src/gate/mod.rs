@@ -413,7 +413,10 @@ impl Context<'_> {
         comparison.reason = reason;
         comparison.verdict = match verdict {
             MetricVerdict::Fail if !self.rule.required => {
-                comparison.reason = comparison.reason.map(|reason| format!("optional: {reason}"));
+                comparison.reason = Some(match comparison.reason.take() {
+                    Some(reason) => format!("optional metric: {reason}"),
+                    None => "optional metric".to_string(),
+                });
                 MetricVerdict::Warn
             }
             verdict => verdict,

@@ -550,3 +550,6 @@ mod tests {
         assert_eq!(marker("x --> <b>"), "<!-- modelci:report label=x--b -->");
     }
 }
+
+#[cfg(test)]
+mod tests_snapshots;
