@@ -45,6 +45,8 @@ fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Re
     let result = pipeline::run(&options, ui)?;
     write_out(stdout, &crate::report::terminal(&result.outcome))?;
     write_out(stdout, &format!("report: {}\n", result.report.display()))?;
+    let metrics = result.output.join(pipeline::METRICS_FILE);
+    tell_github_actions(&result.outcome, &result.report, &metrics, ui, stdout)?;
     if result.baseline_updated && result.outcome.verdict == crate::gate::Verdict::Fail {
         ui.warn("this run regressed against the old baseline, and is now the baseline");
     }
@@ -118,6 +120,7 @@ fn gate(args: crate::cli::GateArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::
     )?;
     write_out(stdout, &crate::report::terminal(&outcome))?;
     write_out(stdout, &format!("report: {}\n", report.display()))?;
+    tell_github_actions(&outcome, &report, &args.metrics, ui, stdout)?;
     Ok(if outcome.verdict == Verdict::Fail { Exit::Regression } else { Exit::Success })
 }
 
@@ -157,6 +160,27 @@ fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
         ),
     )?;
     Ok(Exit::Success)
+}
+
+/// Under GitHub Actions, annotates the run and sets the step outputs.
+fn tell_github_actions(
+    outcome: &crate::gate::Outcome,
+    report: &std::path::Path,
+    metrics: &std::path::Path,
+    ui: &Ui,
+    stdout: &mut dyn Write,
+) -> std::io::Result<()> {
+    if std::env::var("GITHUB_ACTIONS").as_deref() != Ok("true") {
+        return Ok(());
+    }
+    write_out(stdout, &crate::actions::annotations(outcome))?;
+    if let Some(file) = std::env::var_os("GITHUB_OUTPUT") {
+        let outputs = crate::actions::outputs(outcome, report, metrics);
+        if let Err(error) = crate::actions::write_outputs(std::path::Path::new(&file), &outputs) {
+            ui.warn(format!("cannot write step outputs to $GITHUB_OUTPUT: {error}"));
+        }
+    }
+    Ok(())
 }
 
 /// Writes results; a reader that closed the pipe early (`| head`) is not an error.

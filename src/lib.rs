@@ -5,6 +5,7 @@
 //! [`config`] → [`data`] → `train` → `evaluate` → [`metrics`] → [`gate`] → [`report`].
 //! Everything that needs libtorch sits behind the default `torch` feature.
 
+pub mod actions;
 pub mod app;
 pub mod atomic;
 pub mod cli;
