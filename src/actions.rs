@@ -57,7 +57,7 @@ fn escape_data(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{GateConfig, Policy, Rule, StatisticsConfig};
+    use crate::config::{GateConfig, Rule};
     use crate::gate::{self, MetricsInput, RunInput, input::BaselineSource};
 
     fn run(accuracy: f64, loss: f64) -> RunInput {
@@ -69,27 +69,8 @@ mod tests {
     }
 
     fn outcome() -> Outcome {
-        let every = Rule {
-            metric: "*".into(),
-            direction: None,
-            absolute_tolerance: None,
-            relative_tolerance: None,
-            minimum: None,
-            maximum: None,
-            required: true,
-        };
-        let mut optional = every.clone();
-        optional.metric = "loss*".into();
-        optional.required = false;
-        let config = GateConfig {
-            baseline: "b".into(),
-            require_baseline: false,
-            rules: vec![optional, every],
-            added: Policy::Ignore,
-            removed: Policy::Fail,
-            non_numeric: Policy::Fail,
-            statistics: StatisticsConfig::default(),
-        };
+        let optional = Rule { required: false, ..Rule::new("loss*") };
+        let config = GateConfig::with_rules(vec![optional, Rule::new("*")]);
         let source = BaselineSource { location: "b".into(), commit: None, date: None };
         gate::compare(&run(0.5, 0.9), Some((&run(0.6, 0.8), &source)), "b", &config)
     }

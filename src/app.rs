@@ -64,7 +64,7 @@ fn run(_: crate::cli::RunArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit
 fn gate(args: crate::cli::GateArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     use std::path::{Path, PathBuf};
 
-    use crate::config::{Config, DEFAULT_FILE, GateConfig, Rule, StatisticsConfig};
+    use crate::config::{Config, DEFAULT_FILE, GateConfig, Rule};
     use crate::gate::{self, Verdict, input};
 
     let config_path = args
@@ -78,24 +78,7 @@ fn gate(args: crate::cli::GateArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::
         }
         None => {
             ui.debug("no config: gating every numeric metric with no tolerance");
-            let every = Rule {
-                metric: "*".to_string(),
-                direction: None,
-                absolute_tolerance: None,
-                relative_tolerance: None,
-                minimum: None,
-                maximum: None,
-                required: true,
-            };
-            let config = GateConfig {
-                baseline: PathBuf::from("baseline"),
-                require_baseline: false,
-                rules: vec![every],
-                added: crate::config::Policy::Ignore,
-                removed: crate::config::Policy::Fail,
-                non_numeric: crate::config::Policy::Fail,
-                statistics: StatisticsConfig::default(),
-            };
+            let config = GateConfig::with_rules(vec![Rule::new("*")]);
             (config, PathBuf::from("modelci-output"))
         }
     };

@@ -197,6 +197,40 @@ fn yes() -> bool {
     true
 }
 
+impl Rule {
+    /// A rule for the metrics `pattern` matches, with every option at its default.
+    pub fn new(pattern: &str) -> Rule {
+        Rule {
+            metric: pattern.to_string(),
+            direction: None,
+            absolute_tolerance: None,
+            relative_tolerance: None,
+            minimum: None,
+            maximum: None,
+            required: true,
+        }
+    }
+}
+
+impl GateConfig {
+    /// The gate as `modelci.toml` configures it when `[gate]` only lists `rules`.
+    pub fn with_rules(rules: Vec<Rule>) -> GateConfig {
+        let defaults = RawGate::default();
+        GateConfig {
+            baseline: PathBuf::from(DEFAULT_BASELINE),
+            require_baseline: defaults.require_baseline,
+            rules,
+            added: defaults.added,
+            removed: defaults.removed,
+            non_numeric: defaults.non_numeric,
+            statistics: defaults.statistics,
+        }
+    }
+}
+
+/// The baseline folder, relative to the config, when `gate.baseline` is not set.
+pub const DEFAULT_BASELINE: &str = "baseline";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -573,7 +607,7 @@ impl RawConfig {
                 device: self.train.device,
             },
             gate: GateConfig {
-                baseline: base.join(self.gate.baseline.unwrap_or_else(|| "baseline".into())),
+                baseline: base.join(self.gate.baseline.unwrap_or_else(|| DEFAULT_BASELINE.into())),
                 require_baseline: self.gate.require_baseline,
                 rules,
                 added: self.gate.added,

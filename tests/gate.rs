@@ -125,11 +125,21 @@ fn baseline_from_git_names_its_commit() {
 
     let output = gate(dir.path(), &["--metrics", "run.json", "--baseline", "git:HEAD:runs/base"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let verdict = verdict(dir.path());
-    assert_eq!(verdict["verdict"], "pass");
-    assert_eq!(verdict["baseline"]["commit"], commit.as_str());
+    let first = verdict(dir.path());
+    assert_eq!(first["verdict"], "pass");
+    assert_eq!(first["baseline"]["commit"], commit.as_str());
     let report = std::fs::read_to_string(dir.path().join("modelci-output/report.md")).unwrap();
     assert!(report.contains(&format!("at commit {}", &commit[..12])), "{report}");
+
+    // A baseline folder in the working tree names its last commit, unless edited since.
+    let output = gate(dir.path(), &["--metrics", "run.json", "--baseline", "runs/base"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(verdict(dir.path())["metrics"][0]["baseline"], 0.1);
+    assert_eq!(verdict(dir.path())["baseline"]["commit"], Value::Null);
+    git(&["checkout", "--", "runs/base"]);
+    let output = gate(dir.path(), &["--metrics", "run.json", "--baseline", "runs/base"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(verdict(dir.path())["baseline"]["commit"], commit.as_str());
 
     let output = gate(dir.path(), &["--metrics", "run.json", "--baseline", "git:nope:runs/base"]);
     assert_eq!(output.status.code(), Some(2));

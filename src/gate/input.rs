@@ -248,12 +248,33 @@ pub fn read_baseline(location: &str) -> Result<Option<(RunInput, BaselineSource)
         return read_git_baseline(location, spec);
     }
     let path = Path::new(location);
-    let source = BaselineSource { location: location.to_string(), commit: None, date: None };
     let metrics_path = if path.is_dir() { path.join(METRICS_FILE) } else { path.to_path_buf() };
     if !metrics_path.is_file() {
         return Ok(None);
     }
+    let (commit, date) = last_commit_of(&metrics_path).unzip();
+    let source = BaselineSource { location: location.to_string(), commit, date };
     Ok(Some((read_run(path, None)?, source)))
+}
+
+/// The last commit that changed `file` and its date, when `file` is committed in git and has
+/// no uncommitted changes; otherwise (not in a repository, no git, edited since) nothing.
+fn last_commit_of(file: &Path) -> Option<(String, String)> {
+    let folder =
+        file.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = file.file_name()?;
+    let git = |arguments: &[&std::ffi::OsStr]| {
+        let output = Command::new("git").arg("-C").arg(folder).args(arguments).output().ok()?;
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let status = git(&["status".as_ref(), "--porcelain".as_ref(), "--".as_ref(), name])?;
+    if !status.trim().is_empty() {
+        return None;
+    }
+    let log =
+        git(&["log".as_ref(), "-1".as_ref(), "--format=%H %cI".as_ref(), "--".as_ref(), name])?;
+    let mut fields = log.split_whitespace();
+    Some((fields.next()?.to_string(), fields.next()?.to_string()))
 }
 
 fn read_git_baseline(

@@ -1,32 +1,13 @@
 //! The gate's policies, each over constant inputs.
 
-use std::path::Path;
-
 use super::*;
-use crate::config::StatisticsConfig;
 
 fn rule(metric: &str) -> Rule {
-    Rule {
-        metric: metric.to_string(),
-        direction: None,
-        absolute_tolerance: None,
-        relative_tolerance: None,
-        minimum: None,
-        maximum: None,
-        required: true,
-    }
+    Rule::new(metric)
 }
 
 fn config(rules: Vec<Rule>) -> GateConfig {
-    GateConfig {
-        baseline: Path::new("baseline").to_path_buf(),
-        require_baseline: false,
-        rules,
-        added: Policy::Ignore,
-        removed: Policy::Fail,
-        non_numeric: Policy::Fail,
-        statistics: StatisticsConfig::default(),
-    }
+    GateConfig::with_rules(rules)
 }
 
 fn run(pairs: &[(&str, f64)]) -> RunInput {

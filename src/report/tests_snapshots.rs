@@ -2,7 +2,7 @@
 //! every kind of row: pass, warn, fail, no verdict, statistics, flips and per-class values.
 
 use super::*;
-use crate::config::{Direction, GateConfig, Policy, Rule, StatisticsConfig};
+use crate::config::{Direction, GateConfig, Rule, StatisticsConfig};
 use crate::gate::{self, MetricsInput, RunInput, input::BaselineSource};
 use crate::metrics::Prediction;
 
@@ -29,32 +29,17 @@ fn run(values: &[(&str, f64)], right: usize) -> RunInput {
 }
 
 fn rule(metric: &str, absolute: Option<f64>, required: bool) -> Rule {
-    Rule {
-        metric: metric.into(),
-        direction: None,
-        absolute_tolerance: absolute,
-        relative_tolerance: None,
-        minimum: None,
-        maximum: None,
-        required,
-    }
+    Rule { absolute_tolerance: absolute, required, ..Rule::new(metric) }
 }
 
 fn outcome() -> Outcome {
-    let config = GateConfig {
-        baseline: "baseline".into(),
-        require_baseline: false,
-        rules: vec![
-            rule("accuracy", Some(0.01), true),
-            rule("latency_ms", Some(1.0), false),
-            rule("per_class.*.f1", Some(0.5), true),
-            rule("new_metric", None, true),
-        ],
-        added: Policy::Ignore,
-        removed: Policy::Fail,
-        non_numeric: Policy::Fail,
-        statistics: StatisticsConfig { resamples: 200, ..Default::default() },
-    };
+    let mut config = GateConfig::with_rules(vec![
+        rule("accuracy", Some(0.01), true),
+        rule("latency_ms", Some(1.0), false),
+        rule("per_class.*.f1", Some(0.5), true),
+        rule("new_metric", None, true),
+    ]);
+    config.statistics = StatisticsConfig { resamples: 200, ..Default::default() };
     let baseline = run(&[("accuracy", 0.95), ("latency_ms", 10.0), ("per_class.cat.f1", 0.9)], 57);
     let current = run(
         &[("accuracy", 0.75), ("latency_ms", 12.5), ("per_class.cat.f1", 0.8), ("new_metric", 1.0)],
