@@ -14,6 +14,9 @@ pub enum Exit {
     Regression = 1,
     /// No verdict: bad usage, an invalid config, unreadable data, or a failure while training.
     Error = 2,
+    /// The gate passed, but the comment or job summary could not be written, and
+    /// `--fail-on-publish-error` asked for that to fail the build.
+    PublishError = 3,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -27,6 +30,7 @@ pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit
     match cli.command {
         Command::Run(args) => run(args, ui, stdout),
         Command::Gate(args) => gate(args, ui, stdout),
+        Command::Comment(args) => comment(args, ui, stdout),
         Command::Doctor => doctor(stdout),
     }
 }
@@ -35,6 +39,7 @@ pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit
 fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     use crate::pipeline::{self, RunOptions};
 
+    let args_publish = args.publish.clone();
     let options = RunOptions {
         config: args.config,
         baseline: args.baseline,
@@ -50,7 +55,8 @@ fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Re
     if result.baseline_updated && result.outcome.verdict == crate::gate::Verdict::Fail {
         ui.warn("this run regressed against the old baseline, and is now the baseline");
     }
-    Ok(if pipeline::verdict_is_failure(&result) { Exit::Regression } else { Exit::Success })
+    let exit = if pipeline::verdict_is_failure(&result) { Exit::Regression } else { Exit::Success };
+    Ok(publish_stage(exit, &result.report, &options.label, &args_publish, ui, stdout))
 }
 
 #[cfg(not(feature = "torch"))]
@@ -104,7 +110,8 @@ fn gate(args: crate::cli::GateArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::
     write_out(stdout, &crate::report::terminal(&outcome))?;
     write_out(stdout, &format!("report: {}\n", report.display()))?;
     tell_github_actions(&outcome, &report, &args.metrics, ui, stdout)?;
-    Ok(if outcome.verdict == Verdict::Fail { Exit::Regression } else { Exit::Success })
+    let exit = if outcome.verdict == Verdict::Fail { Exit::Regression } else { Exit::Success };
+    Ok(publish_stage(exit, &report, &args.label, &args.publish, ui, stdout))
 }
 
 #[cfg(feature = "torch")]
@@ -143,6 +150,81 @@ fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
         ),
     )?;
     Ok(Exit::Success)
+}
+
+fn comment(args: crate::cli::CommentArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use crate::publish::{self, CommentOptions, Environment, Publication};
+
+    let report = std::fs::read_to_string(&args.report).map_err(|cause| {
+        anyhow::anyhow!("cannot read the report {}: {cause}", args.report.display())
+    })?;
+    let options = CommentOptions {
+        label: args.label,
+        dry_run: args.dry_run,
+        retry: crate::forge::Retry::default(),
+    };
+    let environment = Environment::current();
+    match publish::comment(&report, &args.report, &options, &environment, stdout) {
+        Publication::Posted(message) => ui.status(message),
+        Publication::Skipped(message) if args.dry_run => ui.debug(message),
+        Publication::Skipped(message) => ui.warn(message),
+        Publication::Failed(message) if args.fail_on_publish_error => {
+            ui.warn(message);
+            return Ok(Exit::PublishError);
+        }
+        Publication::Failed(message) => ui.warn(message),
+    }
+    Ok(Exit::Success)
+}
+
+/// After the gate: appends the report to the GitHub job summary and posts the sticky comment
+/// when running in CI. Returns the exit status: the gate's, unless publishing failed and the
+/// user asked for that to fail the build.
+fn publish_stage(
+    gate_exit: Exit,
+    report_path: &std::path::Path,
+    label: &str,
+    args: &crate::cli::PublishArgs,
+    ui: &Ui,
+    stdout: &mut dyn Write,
+) -> Exit {
+    use crate::publish::{self, CommentOptions, Environment, Publication};
+
+    let environment = Environment::current();
+    let Ok(report) = std::fs::read_to_string(report_path) else {
+        ui.warn(format!("cannot read {} back to publish it", report_path.display()));
+        return gate_exit;
+    };
+    let mut failed = false;
+    if let Some(summary) = environment.var("GITHUB_STEP_SUMMARY") {
+        let full = format!("in {}", report_path.display());
+        if let Err(error) = publish::append_summary(std::path::Path::new(&summary), &report, &full)
+        {
+            ui.warn(format!("cannot write the job summary: {error}"));
+            failed = true;
+        }
+    }
+    let in_ci = environment.var("GITHUB_ACTIONS").as_deref() == Some("true")
+        || environment.var("GITLAB_CI").as_deref() == Some("true");
+    if in_ci && !args.no_comment {
+        let options = CommentOptions {
+            label: label.to_string(),
+            dry_run: false,
+            retry: crate::forge::Retry::default(),
+        };
+        match publish::comment(&report, report_path, &options, &environment, stdout) {
+            Publication::Posted(message) | Publication::Skipped(message) => ui.status(message),
+            Publication::Failed(message) => {
+                ui.warn(message);
+                failed = true;
+            }
+        }
+    }
+    if failed && args.fail_on_publish_error && gate_exit == Exit::Success {
+        Exit::PublishError
+    } else {
+        gate_exit
+    }
 }
 
 /// Under GitHub Actions, annotates the run and sets the step outputs.

@@ -31,8 +31,43 @@ pub enum Command {
     Run(RunArgs),
     /// Compare metrics produced anywhere with a baseline, and write the verdict and reports.
     Gate(GateArgs),
+    /// Post a report as the sticky comment on the pull request or merge request.
+    Comment(CommentArgs),
     /// Show the libtorch in use, whether CUDA is usable, and the thread count.
     Doctor,
+}
+
+/// How the run and gate commands publish, and whether a publishing problem fails the build.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Do not comment on the pull request or merge request, even in CI with a token.
+    #[arg(long)]
+    pub no_comment: bool,
+
+    /// Exit with status 3 when the comment or job summary cannot be written (by default
+    /// that is a warning and only the gate decides the exit status).
+    #[arg(long)]
+    pub fail_on_publish_error: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CommentArgs {
+    /// The report to post: report.md from a run or gate.
+    #[arg(long, value_name = "PATH")]
+    pub report: PathBuf,
+
+    /// One comment per label: jobs with different labels keep separate comments.
+    #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]
+    pub label: String,
+
+    /// Print the requests that would be sent (method, path, body) and send nothing; needs
+    /// no token.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Exit with status 3 when the comment cannot be posted.
+    #[arg(long)]
+    pub fail_on_publish_error: bool,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +99,9 @@ pub struct GateArgs {
     /// The label of the report's comment marker.
     #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]
     pub label: String,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -88,4 +126,7 @@ pub struct RunArgs {
     /// The label of the report's comment marker: one comment per label on a pull request.
     #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]
     pub label: String,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
