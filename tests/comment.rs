@@ -405,7 +405,7 @@ async fn server_error_is_retried_then_succeeds() {
     comments(&server, "", json!([]), 2).await;
     Mock::given(method("POST"))
         .and(path(COMMENTS))
-        .respond_with(ResponseTemplate::new(502))
+        .respond_with(ResponseTemplate::new(500))
         .up_to_n_times(1)
         .with_priority(1)
         .expect(1)
