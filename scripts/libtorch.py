@@ -62,15 +62,18 @@ def allowed_hashes(wheel_list: Path) -> set[str]:
     return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", wheel_list.read_text()))
 
 
-def download(target: Path) -> list[Path]:
-    command = [
-        sys.executable, "-m", "pip", "download",
-        "--no-deps", "--require-hashes", "--only-binary=:all:",
-        "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-        "--disable-pip-version-check", "--quiet",
-        "-r", str(WHEEL_LIST), "-d", str(target),
-    ]
-    log(f"downloading torch=={VERSION} and its runtime wheels from PyPI")
+def download(target: Path, cuda: bool) -> list[Path]:
+    platform = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
+    quiet = ["--disable-pip-version-check", "--quiet", "--only-binary=:all:", "-d", str(target)]
+    if cuda:
+        # The CUDA flavour takes every NVIDIA library torch depends on, as pip resolves them.
+        # Only the torch wheel's hash is pinned; the others are checked by pip over TLS.
+        command = [sys.executable, "-m", "pip", "download", *platform, *quiet, f"torch=={VERSION}"]
+        log(f"downloading torch=={VERSION} with its CUDA libraries from PyPI (several GB)")
+    else:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+                   *platform, *quiet, "-r", str(WHEEL_LIST)]
+        log(f"downloading torch=={VERSION} and its runtime wheels from PyPI")
     result = subprocess.run(command)
     if result.returncode != 0:
         sys.exit(
@@ -81,9 +84,11 @@ def download(target: Path) -> list[Path]:
     return sorted(target.glob("*.whl"))
 
 
-def verify(wheels: list[Path]) -> None:
+def verify(wheels: list[Path], cuda: bool) -> None:
     allowed = allowed_hashes(WHEEL_LIST)
     for wheel in wheels:
+        if cuda and not wheel.name.startswith("torch-"):
+            continue
         actual = sha256_of(wheel)
         if actual not in allowed:
             sys.exit(
@@ -101,7 +106,7 @@ def extract(wheel: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path) 
     destination.chmod(mode or 0o644)
 
 
-def unpack(wheels: list[Path], staging: Path) -> None:
+def unpack(wheels: list[Path], staging: Path, cuda: bool) -> None:
     for path in wheels:
         with zipfile.ZipFile(path) as wheel:
             for member in wheel.infolist():
@@ -112,10 +117,12 @@ def unpack(wheels: list[Path], staging: Path) -> None:
                     extract(wheel, member, staging / "include" / name[len("torch/include/"):])
                 elif name.startswith("torch/lib/"):
                     relative = name[len("torch/lib/"):]
-                    if "/" in relative or SKIPPED_LIBRARY.search(relative):
+                    if "/" in relative or (not cuda and SKIPPED_LIBRARY.search(relative)):
                         continue
                     extract(wheel, member, staging / "lib" / relative)
-                elif Path(name).name in NVIDIA_LIBRARIES:
+                elif Path(name).name in NVIDIA_LIBRARIES or (
+                    cuda and name.startswith("nvidia/") and "/lib/" in name and ".so" in name
+                ):
                     extract(wheel, member, staging / "lib" / Path(name).name)
 
 
@@ -123,38 +130,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print-path", action="store_true", help="print only the folder path")
     parser.add_argument("--force", action="store_true", help="fetch again even when present")
+    parser.add_argument("--dest", type=Path, help="the libtorch folder [.libtorch/VERSION]")
+    parser.add_argument("--cuda", action="store_true", help="the CUDA build (Linux, several GB)")
     arguments = parser.parse_args()
 
-    if os.environ.get("LIBTORCH"):
+    if os.environ.get("LIBTORCH") and not arguments.dest:
         log(f"LIBTORCH is set to {os.environ['LIBTORCH']}; using it as it is")
         print(os.environ["LIBTORCH"])
         return 0
 
-    home = ROOT / ".libtorch"
-    final = home / VERSION
-    stamp = sha256_of(WHEEL_LIST)
+    final = (arguments.dest or ROOT / ".libtorch" / VERSION).resolve()
+    home = final.parent
+    stamp = sha256_of(WHEEL_LIST) + (" cuda" if arguments.cuda else "")
     stamp_path = final / STAMP
     if not arguments.force and stamp_path.exists() and stamp_path.read_text().strip() == stamp:
         if not arguments.print_path:
-            log(f"libtorch {VERSION} is ready in {final.relative_to(ROOT)}")
+            log(f"libtorch {VERSION} is ready in {final}")
         print(final)
         return 0
 
-    home.mkdir(exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".partial-", dir=home) as work:
         work = Path(work)
-        wheels = download(work / "wheels")
-        verify(wheels)
+        wheels = download(work / "wheels", arguments.cuda)
+        verify(wheels, arguments.cuda)
         staging = work / "libtorch"
         log("unpacking lib/ and include/")
-        unpack(wheels, staging)
+        unpack(wheels, staging, arguments.cuda)
         (staging / "build-version").write_text(f"{VERSION}\n")
         (staging / STAMP).write_text(f"{stamp}\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
 
-    log(f"libtorch {VERSION} is ready in {final.relative_to(ROOT)}")
+    log(f"libtorch {VERSION} is ready in {final}")
     print(final)
     return 0
 
