@@ -202,20 +202,9 @@ async fn send(
             Next::GiveUp(reason) => return Err(PublishError::GaveUp { what: what.into(), reason }),
             Next::Accept if response.status().is_success() => return Ok(response),
             Next::Accept => {
-                let message = client.body_to_string(response).await.unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&message)
-                    .ok()
-                    .and_then(|json| json["message"].as_str().map(str::to_string))
-                    .unwrap_or(message);
-                return Err(match status {
-                    401 | 403 | 404 => PublishError::Refused {
-                        what: what.into(),
-                        status,
-                        message,
-                        hint: refusal_hint("github", fork),
-                    },
-                    _ => PublishError::Unexpected { what: what.into(), status, message },
-                });
+                let body = client.body_to_string(response).await.unwrap_or_default();
+                let hint = refusal_hint("github", fork);
+                return Err(PublishError::from_answer(what, status, body, hint));
             }
         }
     }

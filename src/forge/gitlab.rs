@@ -222,21 +222,8 @@ async fn send(
                 if success {
                     return Ok((text, next));
                 }
-                let message = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|json| {
-                        json["message"].as_str().or(json["error"].as_str()).map(str::to_string)
-                    })
-                    .unwrap_or(text);
-                return Err(match status {
-                    401 | 403 | 404 => PublishError::Refused {
-                        what: what.into(),
-                        status,
-                        message,
-                        hint: refusal_hint("gitlab", false),
-                    },
-                    _ => PublishError::Unexpected { what: what.into(), status, message },
-                });
+                let hint = refusal_hint("gitlab", false);
+                return Err(PublishError::from_answer(what, status, text, hint));
             }
         }
     }

@@ -98,6 +98,22 @@ pub enum PublishError {
     Answer { what: String, message: String },
 }
 
+impl PublishError {
+    /// The error for an answer that is neither a success nor worth retrying. Both forges put
+    /// the reason in a JSON `message` (GitLab sometimes in `error`); other bodies are quoted.
+    pub fn from_answer(what: &str, status: u16, body: String, hint: String) -> PublishError {
+        let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let reason = json.as_ref().and_then(|json| {
+            json["message"].as_str().or(json["error"].as_str()).map(str::to_string)
+        });
+        let message = reason.unwrap_or(body);
+        match status {
+            401 | 403 | 404 => PublishError::Refused { what: what.into(), status, message, hint },
+            _ => PublishError::Unexpected { what: what.into(), status, message },
+        }
+    }
+}
+
 /// The hint for a request refused with 401, 403 or 404, which on both forges mostly means a
 /// token without the right to comment.
 pub fn refusal_hint(forge: &str, fork: bool) -> String {
