@@ -32,7 +32,95 @@ pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit
         Command::Gate(args) => gate(args, ui, stdout),
         Command::Comment(args) => comment(args, ui, stdout),
         Command::Doctor => doctor(stdout),
+        Command::Store(args) => store(args, ui, stdout),
     }
+}
+
+#[cfg(unix)]
+fn store(args: crate::cli::StoreArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use crate::cli::StoreAction;
+    use crate::store::{Digest, Store};
+
+    let open = |level| {
+        Store::open(&args.store, level).map_err(|error| {
+            anyhow::anyhow!("cannot open the store {}: {error}", args.store.display())
+        })
+    };
+    match &args.action {
+        StoreAction::Save { path, level } => {
+            let saved = open(*level)?.save(path)?;
+            ui.status(format!(
+                "saved {}: {} files, {} read, {} unchanged since the last save",
+                path.display(),
+                saved.files,
+                saved.hashed,
+                saved.files - saved.hashed
+            ));
+            write_out(stdout, &format!("{}\n", saved.digest))?;
+        }
+        StoreAction::Restore { digest, target } => {
+            let Some(parsed) = Digest::parse(digest) else {
+                anyhow::bail!(
+                    "`{digest}` is not a tree digest: expected 64 hexadecimal digits, as printed \
+                     by `modelci store save`"
+                );
+            };
+            open(crate::store::DEFAULT_LEVEL)?.restore(&parsed, target)?;
+            write_out(stdout, &format!("restored {digest} to {}\n", target.display()))?;
+        }
+        StoreAction::Gc { max_size, keep } => {
+            let keep = keep
+                .iter()
+                .map(|text| {
+                    Digest::parse(text).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--keep `{text}` is not a tree digest (64 hexadecimal digits)"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let collected = open(crate::store::DEFAULT_LEVEL)?.gc(*max_size, &keep)?;
+            let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+            write_out(
+                stdout,
+                &format!(
+                    "removed {} trees and {} blobs: {:.1} MiB -> {:.1} MiB\n",
+                    collected.removed_trees,
+                    collected.removed_blobs,
+                    mib(collected.before),
+                    mib(collected.after)
+                ),
+            )?;
+            if collected.after > *max_size {
+                ui.warn(format!(
+                    "the kept trees alone need {:.1} MiB, more than --max-size",
+                    mib(collected.after)
+                ));
+            }
+        }
+        StoreAction::Verify => {
+            let report = open(crate::store::DEFAULT_LEVEL)?.verify()?;
+            let mut text = format!(
+                "{}: {} blobs, {} trees checked\n",
+                args.store.display(),
+                report.blobs,
+                report.trees
+            );
+            for problem in &report.problems {
+                text.push_str(&format!("problem: {problem}\n"));
+            }
+            write_out(stdout, &text)?;
+            if !report.problems.is_empty() {
+                anyhow::bail!("the store has {} problem(s), listed above", report.problems.len());
+            }
+        }
+    }
+    Ok(Exit::Success)
+}
+
+#[cfg(not(unix))]
+fn store(_: crate::cli::StoreArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!("the store needs a Unix file system (Linux or macOS) in this version")
 }
 
 #[cfg(feature = "torch")]

@@ -35,6 +35,67 @@ pub enum Command {
     Comment(CommentArgs),
     /// Show the libtorch in use, whether CUDA is usable, and the thread count.
     Doctor,
+    /// Save, restore and check file trees in the content-addressed store.
+    Store(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store folder.
+    #[arg(long, env = "MODELCI_STORE", default_value = ".modelci/store", value_name = "DIR")]
+    pub store: PathBuf,
+
+    #[command(subcommand)]
+    pub action: StoreAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Store the tree at PATH and print its digest.
+    Save {
+        path: PathBuf,
+        /// zstd level for new blobs (1-22; higher is smaller and slower).
+        #[arg(long, default_value_t = crate::store::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+    },
+    /// Build the tree DIGEST at TARGET, replacing what is there.
+    Restore { digest: String, target: PathBuf },
+    /// Check every blob and manifest; corrupt blobs are removed.
+    Verify,
+    /// Remove the least recently used trees until the store fits in SIZE, then every blob no
+    /// remaining tree needs.
+    Gc {
+        /// The size to shrink to: bytes, or with a K, M, G or T suffix (powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: u64,
+        /// A tree to keep whatever its age (repeatable).
+        #[arg(long, value_name = "DIGEST")]
+        keep: Vec<String>,
+    },
+}
+
+/// Reads `500M`, `2G`, `1.5T` or a plain byte count; the units are powers of 1024, and a
+/// trailing `B` or `iB` is accepted.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let without_b = trimmed.strip_suffix("iB").or_else(|| trimmed.strip_suffix('B'));
+    let number = without_b.unwrap_or(trimmed);
+    let (digits, power) = match number.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&number[..number.len() - 1], 1),
+        Some('M') => (&number[..number.len() - 1], 2),
+        Some('G') => (&number[..number.len() - 1], 3),
+        Some('T') => (&number[..number.len() - 1], 4),
+        _ => (number, 0),
+    };
+    let value: f64 =
+        digits.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(
+            || {
+                format!(
+                    "`{text}` is not a size: write bytes, or a number with K, M, G or T (e.g. 500M)"
+                )
+            },
+        )?;
+    Ok((value * 1024f64.powi(power)).round() as u64)
 }
 
 /// How the run and gate commands publish, and whether a publishing problem fails the build.

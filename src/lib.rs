@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod publish;
 pub mod report;
 pub mod stats;
+#[cfg(unix)]
+pub mod store;
 pub mod ui;
 
 #[cfg(feature = "torch")]
