@@ -98,6 +98,12 @@ fn store(args: crate::cli::StoreArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow
                 ));
             }
         }
+        StoreAction::Hash { files } => {
+            for file in files {
+                let (digest, _) = crate::store::hash_file(file)?;
+                write_out(stdout, &format!("{digest}  {}\n", file.display()))?;
+            }
+        }
         StoreAction::Verify => {
             let report = open(crate::store::DEFAULT_LEVEL)?.verify()?;
             let mut text = format!(
@@ -134,6 +140,7 @@ fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Re
         output: args.output,
         update_baseline: args.update_baseline,
         label: args.label,
+        no_run_cache: args.no_run_cache,
     };
     let result = pipeline::run(&options, ui)?;
     write_out(stdout, &crate::report::terminal(&result.outcome))?;

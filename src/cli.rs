@@ -62,6 +62,11 @@ pub enum StoreAction {
     Restore { digest: String, target: PathBuf },
     /// Check every blob and manifest; corrupt blobs are removed.
     Verify,
+    /// Print the sha256 of each FILE, as `sha256sum` does (the store is not touched).
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Remove the least recently used trees until the store fits in SIZE, then every blob no
     /// remaining tree needs.
     Gc {
@@ -183,6 +188,11 @@ pub struct RunArgs {
     /// After gating, make this run the new baseline (exits 0 even on a regression).
     #[arg(long)]
     pub update_baseline: bool,
+
+    /// Train even when the store holds a run with the same fingerprint (same config, data,
+    /// modelci, libtorch and device).
+    #[arg(long)]
+    pub no_run_cache: bool,
 
     /// The label of the report's comment marker: one comment per label on a pull request.
     #[arg(long, default_value = DEFAULT_LABEL, value_name = "NAME")]

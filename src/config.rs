@@ -25,6 +25,18 @@ pub struct Config {
     pub train: TrainConfig,
     pub gate: GateConfig,
     pub output: OutputConfig,
+    pub store: StoreConfig,
+}
+
+/// The content-addressed store `modelci run` caches datasets and runs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `store.dir`, relative to the config's folder; `MODELCI_STORE` overrides it.
+    pub dir: PathBuf,
+    /// zstd level for new blobs.
+    pub level: i32,
+    /// Reuse the metrics and predictions of an identical earlier run instead of training.
+    pub run_cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -55,7 +67,8 @@ impl Color {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelConfig {
     /// Fully connected layers of the given widths, then the classifier.
     Mlp { hidden: Vec<usize> },
@@ -324,6 +337,8 @@ struct RawConfig {
     gate: RawGate,
     #[serde(default)]
     output: RawOutput,
+    #[serde(default)]
+    store: RawStore,
 }
 
 #[derive(Deserialize)]
@@ -484,6 +499,31 @@ struct RawOutput {
     dir: Option<PathBuf>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_store_dir")]
+    dir: PathBuf,
+    #[serde(default = "default_level", deserialize_with = "zstd_level")]
+    level: i32,
+    #[serde(default = "yes")]
+    run_cache: bool,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { dir: default_store_dir(), level: default_level(), run_cache: true }
+    }
+}
+
+fn default_store_dir() -> PathBuf {
+    ".modelci/store".into()
+}
+
+fn default_level() -> i32 {
+    3
+}
+
 impl RawConfig {
     fn validate(self, text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let invalid = |span: Range<usize>, message: String| invalid_at(path, text, span, message);
@@ -618,11 +658,29 @@ impl RawConfig {
             output: OutputConfig {
                 dir: base.join(self.output.dir.unwrap_or_else(|| "modelci-output".into())),
             },
+            store: StoreConfig {
+                dir: std::env::var_os("MODELCI_STORE")
+                    .filter(|dir| !dir.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| base.join(self.store.dir)),
+                level: self.store.level,
+                run_cache: self.store.run_cache,
+            },
         })
     }
 }
 
 // Value checks run inside the parser, so that toml attaches the value's position to them.
+
+fn zstd_level<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+    let value = i64::deserialize(deserializer)?;
+    if !(1..=22).contains(&value) {
+        return Err(de::Error::custom(format!(
+            "must be a zstd level from 1 (fastest) to 22 (smallest), got {value}"
+        )));
+    }
+    Ok(value as i32)
+}
 
 fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     let value = i64::deserialize(deserializer)?;

@@ -5,6 +5,7 @@
 //!
 //! - `metrics.json`: the metrics, the confusion matrix and how the run was made;
 //! - `predictions.jsonl`: one line per test sample (see [`crate::metrics::Prediction`]);
+//! - `model.safetensors`: the trained parameters;
 //! - `verdict.json`: the gate's outcome, schema `modelci.verdict/v1`;
 //! - `report.md`: the pull-request comment;
 //! - `junit.xml` and `metrics.txt` (OpenMetrics): the gate for CI widgets.
@@ -29,11 +30,15 @@ use crate::gate::{self, METRICS_SCHEMA, Outcome, Verdict};
 use crate::metrics::{self, ConfusionMatrix, Metrics, Prediction};
 use crate::model;
 use crate::report::{self, RunSummary};
-use crate::torch::{self, LIBTORCH_VERSION};
+use crate::store::{Digest, Fingerprint, Store};
+use crate::torch::{self, ChosenDevice, LIBTORCH_VERSION};
 use crate::train::{self, EpochStats};
 use crate::ui::Ui;
 
 pub use crate::gate::input::{METRICS_FILE, PREDICTIONS_FILE};
+
+/// The trained parameters, in the safetensors format.
+pub const CHECKPOINT_FILE: &str = "model.safetensors";
 
 /// What `modelci run` was asked to do, beyond the config.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct RunOptions {
     pub update_baseline: bool,
     /// The comment marker's label.
     pub label: String,
+    /// Train even when the run cache holds an identical run.
+    pub no_run_cache: bool,
 }
 
 /// What a finished run produced.
@@ -56,6 +63,8 @@ pub struct RunResult {
     pub output: PathBuf,
     pub report: PathBuf,
     pub baseline_updated: bool,
+    /// The run's files came from the run cache: nothing was trained.
+    pub cache_hit: bool,
 }
 
 /// The whole of `metrics.json`.
@@ -76,9 +85,11 @@ struct Metadata<'a> {
     device: &'a str,
     seed: u64,
     threads: usize,
+    /// The run cache's key for this run: see `fingerprint`.
+    fingerprint: String,
     model: ModelDescription<'a>,
     training: TrainingDescription,
-    datasets: DatasetSizes,
+    datasets: DatasetSizes<'a>,
     epochs: &'a [EpochStats],
     /// The only part of the file that differs between identical runs.
     durations: Durations,
@@ -104,10 +115,12 @@ struct TrainingDescription {
 }
 
 #[derive(Debug, Serialize)]
-struct DatasetSizes {
+struct DatasetSizes<'a> {
     train: usize,
     test: usize,
     classes: usize,
+    /// The datasets' tree digests in the store.
+    digests: &'a DatasetDigests,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,13 +146,196 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     let device = torch::choose_device(config.train.device)?;
     ui.debug(format!("device {} ({})", device.name, device.reason));
 
+    // The plan: the datasets' digests (which also keeps them in the store) and the run's
+    // fingerprint, before anything is decoded or trained.
+    let store = Store::open(&config.store.dir, config.store.level)
+        .with_context(|| format!("cannot open the store {}", config.store.dir.display()))?;
+    let datasets = DatasetDigests {
+        train: save_dataset(&store, &config.data.train, ui)?,
+        test: save_dataset(&store, &config.data.test, ui)?,
+    };
+    let fingerprint = fingerprint(&config, &datasets, &device)?;
+    ui.debug(format!("run fingerprint {fingerprint}"));
+
+    let use_cache = config.store.run_cache && !options.no_run_cache;
+    let cached = if use_cache {
+        store.find_run(&fingerprint).and_then(|(_, files)| RunFiles::from_cache(files))
+    } else {
+        ui.debug("run cache off (--no-run-cache or store.run_cache = false): training");
+        None
+    };
+    let cache_hit = cached.is_some();
+    let (files, summary) = match cached {
+        Some(files) => {
+            ui.status(format!(
+                "run cache hit: reusing the metrics, predictions and checkpoint of run {}, \
+                 made from the same config, data, modelci, libtorch and device",
+                short(&fingerprint)
+            ));
+            let summary = format!(
+                "This run: reused from the run cache (fingerprint `{}`): the config, data, \
+                 modelci {}, libtorch {LIBTORCH_VERSION} and device ({}) are those of an \
+                 earlier run, so nothing was trained; `metrics.json` says how that run was made.",
+                short(&fingerprint),
+                env!("CARGO_PKG_VERSION"),
+                device.name
+            );
+            (files, summary)
+        }
+        None => {
+            if use_cache {
+                ui.debug(format!("run cache miss: no run {} in the store", short(&fingerprint)));
+            }
+            let made = train_and_evaluate(&config, &device, &datasets, &fingerprint, ui)?;
+            if use_cache && let Err(error) = store.record_run(&fingerprint, &made.0.named()) {
+                ui.warn(format!("cannot keep this run in the run cache: {error}"));
+            }
+            made
+        }
+    };
+    files.write(&output)?;
+
+    let current =
+        input::read_run(&output.join(METRICS_FILE), Some(&output.join(PREDICTIONS_FILE)))?;
+    let baseline_pair = baseline.as_ref().map(|(run, source)| (run, source));
+    let outcome = gate::compare(&current, baseline_pair, &location, &config.gate);
+    let summary = RunSummary { lines: vec![summary] };
+    let report = report::write_outputs(&outcome, &output, &options.label, &summary)?;
+
+    if options.update_baseline {
+        let baseline_dir = PathBuf::from(&location);
+        atomic::replace_dir::<anyhow::Error>(&baseline_dir, |staging| {
+            atomic::write(&staging.join(METRICS_FILE), &files.metrics)?;
+            atomic::write(&staging.join(PREDICTIONS_FILE), &files.predictions)?;
+            Ok(())
+        })?;
+        ui.status(format!("baseline updated: {}", baseline_dir.display()));
+    }
+
+    Ok(RunResult { outcome, output, report, baseline_updated: options.update_baseline, cache_hit })
+}
+
+/// The first 12 hex digits of a digest, enough to tell runs apart in a message.
+fn short(digest: &Digest) -> String {
+    digest.hex()[..12].to_string()
+}
+
+/// The tree digests of the two datasets, as the store keeps them.
+#[derive(Debug, Serialize)]
+struct DatasetDigests {
+    train: Digest,
+    test: Digest,
+}
+
+fn save_dataset(store: &Store, folder: &Path, ui: &Ui) -> anyhow::Result<Digest> {
+    if !folder.is_dir() {
+        // Let the data loader give the error: it knows the layout it expected.
+        data::scan(folder)?;
+    }
+    let saved = store
+        .save(folder)
+        .with_context(|| format!("cannot keep the dataset {} in the store", folder.display()))?;
+    ui.debug(format!(
+        "dataset {}: tree {} ({} files, {} hashed, the rest unchanged since the last run)",
+        folder.display(),
+        short(&saved.digest),
+        saved.files,
+        saved.hashed
+    ));
+    Ok(saved.digest)
+}
+
+/// Everything a run's results depend on, and nothing else: the gate's rules, the output folder
+/// and the baseline are left out, so that changing them reuses the run.
+fn fingerprint(
+    config: &Config,
+    datasets: &DatasetDigests,
+    device: &ChosenDevice,
+) -> anyhow::Result<Digest> {
+    #[derive(Serialize)]
+    struct Inputs<'a> {
+        color: crate::config::Color,
+        image_size: [u32; 2],
+        mean: &'a [f32],
+        std: &'a [f32],
+        model: &'a ModelConfig,
+        training: TrainingDescription,
+        seed: u64,
+        threads: usize,
+    }
+    let inputs = Inputs {
+        color: config.data.color,
+        image_size: config.data.image_size,
+        mean: &config.data.mean,
+        std: &config.data.std,
+        model: &config.model,
+        training: describe_training(&config.train),
+        seed: config.train.seed,
+        threads: config.train.threads,
+    };
+    let inputs = serde_json::to_vec(&inputs)?;
+    let kind = if device.device.is_cuda() { "cuda" } else { "cpu" };
+    Ok(Fingerprint::default()
+        .field("training config", &inputs)
+        .field("train dataset", &datasets.train.0)
+        .field("test dataset", &datasets.test.0)
+        .field("modelci version", env!("CARGO_PKG_VERSION").as_bytes())
+        .field("libtorch version", LIBTORCH_VERSION.as_bytes())
+        .field("device kind", kind.as_bytes())
+        .finish())
+}
+
+/// The files a run produces before the gate: kept in the run cache, and copied to the run
+/// folder.
+#[derive(Debug)]
+struct RunFiles {
+    metrics: Vec<u8>,
+    predictions: Vec<u8>,
+    checkpoint: Vec<u8>,
+}
+
+impl RunFiles {
+    fn named(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            (CHECKPOINT_FILE, &self.checkpoint),
+            (METRICS_FILE, &self.metrics),
+            (PREDICTIONS_FILE, &self.predictions),
+        ]
+    }
+
+    /// The files of a cached run; `None` when one is missing (the run is then made again).
+    fn from_cache(files: Vec<crate::store::NamedFile>) -> Option<RunFiles> {
+        let mut files: std::collections::BTreeMap<String, Vec<u8>> = files.into_iter().collect();
+        Some(RunFiles {
+            metrics: files.remove(METRICS_FILE)?,
+            predictions: files.remove(PREDICTIONS_FILE)?,
+            checkpoint: files.remove(CHECKPOINT_FILE)?,
+        })
+    }
+
+    fn write(&self, output: &Path) -> anyhow::Result<()> {
+        for (name, bytes) in self.named() {
+            atomic::write(&output.join(name), bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the datasets, trains, evaluates: the run's files and the report's summary line.
+fn train_and_evaluate(
+    config: &Config,
+    device: &ChosenDevice,
+    digests: &DatasetDigests,
+    fingerprint: &Digest,
+    ui: &Ui,
+) -> anyhow::Result<(RunFiles, String)> {
     // Threads first: libtorch sizes its pools on first use.
     tch::set_num_threads(config.train.threads as i32);
     tch::set_num_interop_threads(config.train.threads as i32);
     tch::manual_seed(config.train.seed as i64);
 
     let started = Instant::now();
-    let (train_set, test_set) = load_datasets(&config, ui)?;
+    let (train_set, test_set) = load_datasets(config, ui)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let shape = train_set.shape;
     let to_tensor = |dataset: &Dataset| {
@@ -165,6 +361,7 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     ));
     let batches = train::Batches { images: &train_images, labels: &train_labels };
     let trained = train::train(&vs, &network, batches, &config.train, ui)?;
+    let checkpoint = checkpoint_bytes(&vs)?;
 
     let started = Instant::now();
     let predictions = evaluate::predict(&network, &test_images, &test_set.listing.samples)
@@ -189,12 +386,14 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
             device: &device.name,
             seed: config.train.seed,
             threads: config.train.threads,
+            fingerprint: fingerprint.hex(),
             model: describe_model(&config.model, parameter_count(&vs)),
             training: describe_training(&config.train),
             datasets: DatasetSizes {
                 train: train_set.len(),
                 test: test_set.len(),
                 classes: classes.len(),
+                digests,
             },
             epochs: &trained.epochs,
             durations: Durations {
@@ -205,46 +404,38 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
             },
         },
     };
-    let metrics_json = to_json(&metrics_file)?;
-    let predictions_jsonl = predictions_lines(&predictions)?;
-    atomic::write(&output.join(METRICS_FILE), &metrics_json)?;
-    atomic::write(&output.join(PREDICTIONS_FILE), &predictions_jsonl)?;
-
-    let current = RunInput {
-        metrics: input::read_metrics(&output.join(METRICS_FILE))?,
-        predictions: Some(predictions),
+    let summary = format!(
+        "This run: {} trained for {} epochs on {} images ({:.0} samples/s, {:.1} s), evaluated \
+         on {} images; seed {}, {} thread(s), {}, libtorch {}.",
+        model_kind(&config.model),
+        config.train.epochs,
+        train_set.len(),
+        trained.samples_per_second,
+        trained.seconds,
+        test_set.len(),
+        config.train.seed,
+        config.train.threads,
+        device.name,
+        LIBTORCH_VERSION
+    );
+    let files = RunFiles {
+        metrics: to_json(&metrics_file)?,
+        predictions: predictions_lines(&predictions)?,
+        checkpoint,
     };
-    let baseline_pair = baseline.as_ref().map(|(run, source)| (run, source));
-    let outcome = gate::compare(&current, baseline_pair, &location, &config.gate);
-    let summary = RunSummary {
-        lines: vec![format!(
-            "This run: {} trained for {} epochs on {} images ({:.0} samples/s, {:.1} s), \
-             evaluated on {} images; seed {}, {} thread(s), {}, libtorch {}.",
-            model_kind(&config.model),
-            config.train.epochs,
-            train_set.len(),
-            trained.samples_per_second,
-            trained.seconds,
-            test_set.len(),
-            config.train.seed,
-            config.train.threads,
-            device.name,
-            LIBTORCH_VERSION
-        )],
-    };
-    let report = report::write_outputs(&outcome, &output, &options.label, &summary)?;
+    Ok((files, summary))
+}
 
-    if options.update_baseline {
-        let baseline_dir = PathBuf::from(&location);
-        atomic::replace_dir::<anyhow::Error>(&baseline_dir, |staging| {
-            atomic::write(&staging.join(METRICS_FILE), &metrics_json)?;
-            atomic::write(&staging.join(PREDICTIONS_FILE), &predictions_jsonl)?;
-            Ok(())
-        })?;
-        ui.status(format!("baseline updated: {}", baseline_dir.display()));
-    }
-
-    Ok(RunResult { outcome, output, report, baseline_updated: options.update_baseline })
+/// The trained parameters in the safetensors format, by their names in the model.
+fn checkpoint_bytes(vs: &nn::VarStore) -> anyhow::Result<Vec<u8>> {
+    // tch writes safetensors only to a path whose name ends in `.safetensors`.
+    let scratch = tempfile::Builder::new()
+        .prefix("modelci-checkpoint-")
+        .suffix(".safetensors")
+        .tempfile()
+        .context("cannot create a temporary file for the checkpoint")?;
+    vs.save(scratch.path()).context("libtorch failed to save the checkpoint")?;
+    Ok(fs_err::read(scratch.path())?)
 }
 
 /// The baseline, or `None` when there is none and that is allowed.

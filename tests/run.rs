@@ -53,8 +53,17 @@ impl Project {
     }
 
     fn run(&self, extra: &[&str]) -> Output {
+        self.run_with("--quiet", extra)
+    }
+
+    /// A run that also explains its decisions on stderr (run cache hit or miss, and why).
+    fn run_verbose(&self, extra: &[&str]) -> Output {
+        self.run_with("--verbose", extra)
+    }
+
+    fn run_with(&self, verbosity: &str, extra: &[&str]) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_modelci"));
-        command.current_dir(self.dir.path()).args(["run", "--quiet"]).args(extra);
+        command.current_dir(self.dir.path()).args(["run", verbosity]).args(extra);
         command.output().unwrap()
     }
 
@@ -173,7 +182,7 @@ fn missing_baseline_folder_given_on_the_command_line_is_no_baseline() {
 fn same_seed_gives_identical_metrics_apart_from_durations() {
     let project = Project::new();
     assert_eq!(project.run(&["--output", "one"]).status.code(), Some(0));
-    assert_eq!(project.run(&["--output", "two"]).status.code(), Some(0));
+    assert_eq!(project.run(&["--output", "two", "--no-run-cache"]).status.code(), Some(0));
     let one = project.json("one/metrics.json");
     let two = project.json("two/metrics.json");
     assert!(one["metadata"]["durations"]["train_seconds"].as_f64().unwrap() > 0.0);
@@ -201,7 +210,51 @@ fn hidden_files_and_folders_are_ignored() {
     assert_eq!(metrics["metadata"]["datasets"]["train"], 200);
     assert_eq!(metrics["metadata"]["datasets"]["test"], 100);
     assert_eq!(metrics["classes"].as_array().unwrap().len(), 10);
-    assert_eq!(without_durations(metrics), without_durations(project.json("clean/metrics.json")));
+    // The store keeps the datasets byte for byte, hidden files included, so their digests (and
+    // the run's fingerprint) change; what was trained on and measured does not.
+    let without_provenance = |mut metrics: Value| {
+        let metadata = metrics["metadata"].as_object_mut().unwrap();
+        metadata.remove("fingerprint");
+        metadata["datasets"].as_object_mut().unwrap().remove("digests");
+        without_durations(metrics)
+    };
+    assert_eq!(without_provenance(metrics), without_provenance(project.json("clean/metrics.json")));
+}
+
+#[test]
+fn an_identical_run_comes_from_the_run_cache_and_a_changed_one_trains() {
+    let project = Project::new();
+    let first = project.run_verbose(&["--output", "first"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(stderr(&first).contains("run cache miss"), "{}", stderr(&first));
+    let first_metrics = std::fs::read(project.path("first/metrics.json")).unwrap();
+    let checkpoint = std::fs::read(project.path("first/model.safetensors")).unwrap();
+    assert!(checkpoint.len() > 784 * 32 * 4, "the checkpoint holds the weights");
+
+    // Other gate rules do not change what training makes: the run is reused, durations and all.
+    let config = small_config("").replace("absolute_tolerance = 0.05", "absolute_tolerance = 0.1");
+    assert_ne!(config, small_config(""), "the gate rule to change is in the config");
+    project.write("modelci.toml", config.as_bytes());
+    let second = project.run_verbose(&["--output", "second"]);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(stderr(&second).contains("run cache hit"), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("epoch 1/"), "nothing is trained on a hit");
+    assert_eq!(std::fs::read(project.path("second/metrics.json")).unwrap(), first_metrics);
+    assert_eq!(std::fs::read(project.path("second/model.safetensors")).unwrap(), checkpoint);
+    let report = std::fs::read_to_string(project.path("second/report.md")).unwrap();
+    assert!(report.contains("reused from the run cache"), "{report}");
+
+    // --no-run-cache, another seed, or changed data: trained again.
+    assert_eq!(project.run(&["--output", "forced", "--no-run-cache"]).status.code(), Some(0));
+    assert_ne!(std::fs::read(project.path("forced/metrics.json")).unwrap(), first_metrics);
+    project.write("modelci.toml", small_config("").replace("seed = 3", "seed = 4").as_bytes());
+    let reseeded = project.run_verbose(&["--output", "reseeded"]);
+    assert!(stderr(&reseeded).contains("run cache miss"), "{}", stderr(&reseeded));
+    project.write("modelci.toml", small_config("").as_bytes());
+    std::fs::remove_file(project.path("data/train/3/00000.png")).unwrap();
+    let fewer = project.run_verbose(&["--output", "fewer"]);
+    assert!(stderr(&fewer).contains("run cache miss"), "{}", stderr(&fewer));
+    assert_eq!(project.json("fewer/metrics.json")["metadata"]["datasets"]["train"], 199);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //!     trees/<aa>/<sha256>       a tree manifest, in its canonical encoding; its mtime is
 //!                               when it was last saved or restored, for eviction
 //!     stat/<sha256>             a stat index per saved folder (see `index`), a cache only
+//!     runs/<aa>/<fingerprint>   the digest of the tree holding a finished run's files
 //!     tmp/                      temporary files, renamed into place when complete
 //!     lock                      shared by saves and restores, held alone by `gc`
 //! ```
@@ -31,6 +32,7 @@
 //! so a link cycle is stored as it is; a link that leads out of the tree is refused.
 
 mod index;
+mod runs;
 mod tree;
 
 use std::fs::File;
@@ -43,6 +45,7 @@ use tempfile::NamedTempFile;
 use index::StatIndex;
 
 pub use index::Stat;
+pub use runs::{Fingerprint, NamedFile};
 pub use tree::{Entry, EntryKind, Listing, ReadBlob, Tree, TreeError};
 
 /// The zstd level used when none is given: fast, and most of the gain.
@@ -79,6 +82,13 @@ impl Digest {
     }
 }
 
+/// A digest serialises as its hex string, as it is printed.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.hex())
+    }
+}
+
 impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.hex())
@@ -105,6 +115,20 @@ pub enum StoreError {
     CorruptTree { digest: Digest, actual: Digest },
     #[error("{}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+}
+
+/// A large read buffer: `io::copy` reads straight into it, so big files move in 1 MiB steps.
+fn buffered(file: File) -> BufReader<File> {
+    BufReader::with_capacity(1 << 20, file)
+}
+
+/// The sha256 and size of the file at `path`, streaming in constant memory; the sha2 crate
+/// uses the CPU's SHA instructions where there are any.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64), StoreError> {
+    let mut source = buffered(File::open(path).map_err(io_error(path))?);
+    let mut hashing = HashingWriter::new(io::sink());
+    let size = io::copy(&mut source, &mut hashing).map_err(io_error(path))?;
+    Ok((hashing.finish().1, size))
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -211,7 +235,7 @@ impl Store {
     /// Opens (creating when needed) the store at `root`.
     pub fn open(root: &Path, level: i32) -> Result<Store, StoreError> {
         let store = Store { root: root.to_path_buf(), level };
-        for folder in ["blobs", "trees", "stat", "tmp"] {
+        for folder in ["blobs", "trees", "stat", "runs", "tmp"] {
             let path = store.layout().join(folder);
             std::fs::create_dir_all(&path).map_err(io_error(&path))?;
         }
@@ -350,23 +374,28 @@ impl Store {
     /// per-file encoder set-up, and no second read when they turn out incompressible.
     fn put_small(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
         let bytes = std::fs::read(path).map_err(io_error(path))?;
-        let digest = Digest::of(&bytes);
+        Ok((self.put_bytes(&bytes)?, bytes.len() as u64))
+    }
+
+    /// Stores `bytes` as a blob unless they are already there; returns their digest.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
         if self.find_blob(&digest).is_none() {
-            let compressed = compress(&bytes, self.level).map_err(io_error(path))?;
+            let compressed = compress(bytes, self.level).map_err(io_error(&self.root))?;
             let (content, suffix) = match &compressed {
-                Some(compressed) if compressed.len() < bytes.len() => (compressed, "zst"),
-                _ => (&bytes, "raw"),
+                Some(compressed) if compressed.len() < bytes.len() => (&compressed[..], "zst"),
+                _ => (bytes, "raw"),
             };
             let mut temporary = self.temporary()?;
             temporary.write_all(content).map_err(io_error(temporary.path()))?;
             self.publish(temporary, &self.blob_path(&digest, suffix))?;
         }
-        Ok((digest, bytes.len() as u64))
+        Ok(digest)
     }
 
     /// Large files stream through the hasher and the encoder in constant memory.
     fn put_streaming(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
-        let mut source = File::open(path).map_err(io_error(path))?;
+        let mut source = buffered(File::open(path).map_err(io_error(path))?);
         let temporary = self.temporary()?;
         let encoder = zstd::Encoder::new(temporary, self.level).map_err(io_error(path))?;
         let mut hashing = HashingWriter::new(encoder);
@@ -384,7 +413,7 @@ impl Store {
         // Incompressible: keep the bytes as they are, hashing them again on the way in so
         // that a file changed since the first read is not stored under a stale name.
         let mut raw = self.temporary()?;
-        let mut source = File::open(path).map_err(io_error(path))?;
+        let mut source = buffered(File::open(path).map_err(io_error(path))?);
         let mut hashing = HashingWriter::new(raw.as_file_mut());
         io::copy(&mut source, &mut hashing).map_err(io_error(path))?;
         if hashing.finish().1 != digest {
@@ -443,9 +472,41 @@ impl Store {
     /// Saves the tree at `root` and returns its digest. Files are hashed and stored in
     /// parallel; a file whose metadata matches the folder's stat index is not read at all.
     pub fn save(&self, root: &Path) -> Result<Saved, StoreError> {
+        let _lock = self.lock(Lock::Shared)?;
+        let (encoding, index, saved) = self.hash_tree(root, true)?;
+        let index_path = self.stat_index_path(&std::path::absolute(root).map_err(io_error(root))?);
+
+        // Blobs were renamed into place without a flush each; one sync of the file system
+        // makes them all durable before the manifest that names them exists.
+        self.sync()?;
+        let mut temporary = self.temporary()?;
+        temporary.write_all(&encoding).map_err(io_error(root))?;
+        self.publish_durably(temporary, &self.tree_path(&saved.digest))?;
+        self.touch_tree(&saved.digest);
+
+        // The index is only a shortcut: failing to write it costs time next save, not data.
+        let mut temporary = self.temporary()?;
+        if temporary.write_all(&index.encode()).is_ok() {
+            let _ = self.publish_replacing(temporary, &index_path);
+        }
+        Ok(saved)
+    }
+
+    /// The digest `save` would give the tree at `root`, with nothing written to the store
+    /// (files the stat index knows are not read).
+    pub fn digest_of(&self, root: &Path) -> Result<Digest, StoreError> {
+        Ok(self.hash_tree(root, false)?.2.digest)
+    }
+
+    /// Scans and hashes the tree at `root`, in parallel over files, storing each file's blob
+    /// when `store_blobs` is set. Returns the manifest's encoding and the new stat index.
+    fn hash_tree(
+        &self,
+        root: &Path,
+        store_blobs: bool,
+    ) -> Result<(Vec<u8>, StatIndex, Saved), StoreError> {
         use rayon::prelude::*;
 
-        let _lock = self.lock(Lock::Shared)?;
         let absolute = std::path::absolute(root).map_err(io_error(root))?;
         let index_path = self.stat_index_path(&absolute);
         let previous = StatIndex::decode(&std::fs::read(&index_path).unwrap_or_default());
@@ -457,10 +518,14 @@ impl Store {
             .par_iter()
             .map(|file| {
                 let known = previous.lookup(file.relative(&listing), &file.stat);
-                match known.filter(|digest| self.find_blob(digest).is_some()) {
+                match known.filter(|digest| !store_blobs || self.find_blob(digest).is_some()) {
                     Some(digest) => Ok((digest, file.stat.size, false)),
-                    None => {
+                    None if store_blobs => {
                         let (digest, size) = self.put(&file.path, file.stat.size)?;
+                        Ok((digest, size, true))
+                    }
+                    None => {
+                        let (digest, size) = hash_file(&file.path)?;
                         Ok((digest, size, true))
                     }
                 }
@@ -474,24 +539,9 @@ impl Store {
         let hashed = stored.iter().filter(|(_, _, hashed)| *hashed).count();
         let files = stored.len();
         let pairs: Vec<(Digest, u64)> = stored.iter().map(|(d, s, _)| (*d, *s)).collect();
-        let tree = listing.finish(&pairs);
-
-        // Blobs were renamed into place without a flush each; one sync of the file system
-        // makes them all durable before the manifest that names them exists.
-        self.sync()?;
-        let encoding = tree.encode();
+        let encoding = listing.finish(&pairs).encode();
         let digest = Digest::of(&encoding);
-        let mut temporary = self.temporary()?;
-        temporary.write_all(&encoding).map_err(io_error(root))?;
-        self.publish_durably(temporary, &self.tree_path(&digest))?;
-        self.touch_tree(&digest);
-
-        // The index is only a shortcut: failing to write it costs time next save, not data.
-        let mut temporary = self.temporary()?;
-        if temporary.write_all(&index.encode()).is_ok() {
-            let _ = self.publish_replacing(temporary, &index_path);
-        }
-        Ok(Saved { digest, files, hashed })
+        Ok((encoding, index, Saved { digest, files, hashed }))
     }
 
     /// Reads and checks the manifest of tree `digest`.
@@ -643,6 +693,7 @@ impl Store {
         for leftover in std::fs::read_dir(&tmp).map_err(io_error(&tmp))?.flatten() {
             let _ = std::fs::remove_file(leftover.path());
         }
+        self.prune_runs();
         Ok(Collected { before, after: live, removed_trees, removed_blobs })
     }
 

@@ -406,3 +406,14 @@ fn concurrent_writers_leave_a_valid_store() {
         store.restore(digest, &dir.path().join(format!("restored-{index}"))).unwrap();
     }
 }
+
+#[test]
+fn hash_file_matches_the_published_sha256_of_abc() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("abc");
+    std::fs::write(&file, b"abc").unwrap();
+    let (digest, size) = hash_file(&file).unwrap();
+    assert_eq!(size, 3);
+    // FIPS 180-2, appendix B.1.
+    assert_eq!(digest.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
