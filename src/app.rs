@@ -33,7 +33,99 @@ pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit
         Command::Comment(args) => comment(args, ui, stdout),
         Command::Doctor => doctor(stdout),
         Command::Store(args) => store(args, ui, stdout),
+        Command::Data(args) => data(args, ui, stdout),
+        Command::CacheKey { config } => cache_key(&config, stdout),
     }
+}
+
+#[cfg(unix)]
+fn open_config_store(
+    path: &std::path::Path,
+) -> anyhow::Result<(crate::config::Config, crate::store::Store)> {
+    let config = crate::config::Config::load(path)?;
+    let store =
+        crate::store::Store::open(&config.store.dir, config.store.level).map_err(|error| {
+            anyhow::anyhow!("cannot open the store {}: {error}", config.store.dir.display())
+        })?;
+    Ok((config, store))
+}
+
+#[cfg(unix)]
+fn data(args: crate::cli::DataArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    use crate::cli::DataAction;
+    use crate::datasets::{self, Pulled, State, short};
+
+    let (config, store) = open_config_store(&args.config)?;
+    let mut text = String::new();
+    match args.action {
+        DataAction::Pull { force } => {
+            for (name, pulled) in datasets::pull(&config, &store, force, ui)? {
+                let what = match pulled {
+                    Pulled::UpToDate(_) => "up to date",
+                    Pulled::Cached(_) => "kept in the store (not locked)",
+                    Pulled::Restored(_) => "written from the store",
+                    Pulled::Fetched(_) => "downloaded, verified and written",
+                };
+                text.push_str(&format!("{name}: {what} (tree {})\n", short(&pulled.tree())));
+            }
+        }
+        DataAction::Status => {
+            for line in datasets::status(&config, &store)? {
+                let cached = if line.cached { "in the store" } else { "not in the store" };
+                let state = match line.state {
+                    State::UpToDate => format!("up to date, {cached}"),
+                    State::Changed { current, expected } => format!(
+                        "changed: tree {} but {} is expected; `modelci data lock` accepts it",
+                        short(&current),
+                        short(&expected)
+                    ),
+                    State::NotLocked { current } => {
+                        format!("not locked: tree {}; `modelci data lock` pins it", short(&current))
+                    }
+                    State::Missing { in_store: true, .. } => {
+                        "missing; `modelci data pull` writes it from the store".to_string()
+                    }
+                    State::Missing { fetchable: true, .. } => {
+                        "missing; `modelci data pull` downloads it".to_string()
+                    }
+                    State::Missing { .. } => {
+                        "missing, and neither the store nor a URL has it".to_string()
+                    }
+                };
+                text.push_str(&format!("{}: {} ({state})\n", line.name, line.path.display()));
+            }
+        }
+        DataAction::Lock => {
+            let (path, lock) = datasets::lock(&config, &store, ui)?;
+            for (name, dataset) in &lock.datasets {
+                text.push_str(&format!(
+                    "{name}: {} (tree {})\n",
+                    dataset.path,
+                    &dataset.tree[..12]
+                ));
+            }
+            text.push_str(&format!("wrote {}\n", path.display()));
+        }
+    }
+    write_out(stdout, &text)?;
+    Ok(Exit::Success)
+}
+
+#[cfg(unix)]
+fn cache_key(config: &std::path::Path, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    let (config, store) = open_config_store(config)?;
+    write_out(stdout, &format!("{}\n", crate::datasets::cache_key(&config, &store)?))?;
+    Ok(Exit::Success)
+}
+
+#[cfg(not(unix))]
+fn data(_: crate::cli::DataArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!("the store needs a Unix file system (Linux or macOS) in this version")
+}
+
+#[cfg(not(unix))]
+fn cache_key(_: &std::path::Path, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!("the store needs a Unix file system (Linux or macOS) in this version")
 }
 
 #[cfg(unix)]
@@ -68,8 +160,8 @@ fn store(args: crate::cli::StoreArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow
             open(crate::store::DEFAULT_LEVEL)?.restore(&parsed, target)?;
             write_out(stdout, &format!("restored {digest} to {}\n", target.display()))?;
         }
-        StoreAction::Gc { max_size, keep } => {
-            let keep = keep
+        StoreAction::Gc { max_size, keep, config } => {
+            let mut keep = keep
                 .iter()
                 .map(|text| {
                     Digest::parse(text).ok_or_else(|| {
@@ -79,7 +171,14 @@ fn store(args: crate::cli::StoreArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let collected = open(crate::store::DEFAULT_LEVEL)?.gc(*max_size, &keep)?;
+            let store = open(crate::store::DEFAULT_LEVEL)?;
+            if let Some(config) = config {
+                let config = crate::config::Config::load(config)?;
+                let referenced = crate::datasets::referenced_trees(&config, &store)?;
+                ui.debug(format!("{} tree(s) referenced by the config kept", referenced.len()));
+                keep.extend(referenced);
+            }
+            let collected = store.gc(*max_size, &keep)?;
             let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
             write_out(
                 stdout,

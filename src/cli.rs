@@ -37,6 +37,43 @@ pub enum Command {
     Doctor,
     /// Save, restore and check file trees in the content-addressed store.
     Store(StoreArgs),
+    /// Materialise, check and lock the config's datasets through the store.
+    Data(DataArgs),
+    /// Print a cache key for actions/cache or GitLab's cache:key that changes exactly when a
+    /// dataset does (taken over modelci.lock when there is one).
+    CacheKey {
+        /// The config whose datasets the key covers.
+        #[arg(long, short, default_value = DEFAULT_FILE, value_name = "PATH")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The config whose `[data]` section lists the datasets; the store is its `store.dir`
+    /// (or MODELCI_STORE).
+    #[arg(long, short, global = true, default_value = DEFAULT_FILE, value_name = "PATH")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub action: DataAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataAction {
+    /// Write every dataset's folder from the store (as copies), downloading only archives the
+    /// store lacks; folders already right are left alone.
+    Pull {
+        /// Replace folders whose content differs from what modelci.lock pins.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Say for each dataset whether its folder is up to date, changed, or missing, and whether
+    /// the store holds the expected tree. Writes nothing.
+    Status,
+    /// Keep every dataset in the store and write modelci.lock beside the config, pinning each
+    /// dataset's tree digest.
+    Lock,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +113,10 @@ pub enum StoreAction {
         /// A tree to keep whatever its age (repeatable).
         #[arg(long, value_name = "DIGEST")]
         keep: Vec<String>,
+        /// Also keep what this config references: its datasets (as locked and as they are
+        /// now) and the baseline's run and datasets.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
 }
 

@@ -41,8 +41,12 @@ pub struct StoreConfig {
 
 #[derive(Debug, Clone)]
 pub struct DataConfig {
+    /// The folder the training images are read from.
     pub train: PathBuf,
+    /// The folder the test images are read from.
     pub test: PathBuf,
+    /// Where each dataset comes from: `train` first, then `test`.
+    pub sources: Vec<DatasetSource>,
     pub color: Color,
     /// Height and width every image is resized to, in pixels.
     pub image_size: [u32; 2],
@@ -50,6 +54,32 @@ pub struct DataConfig {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
 }
+
+/// One dataset of the config, and where its folder comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetSource {
+    /// `train` or `test`: the key in `[data]`.
+    pub name: &'static str,
+    /// The path as written in the config (for messages and the lock file).
+    pub written: PathBuf,
+    /// The folder, made absolute against the config's folder.
+    pub path: PathBuf,
+    /// Set when the folder is unpacked from an archive at a URL.
+    pub remote: Option<RemoteSource>,
+}
+
+/// An archive at a URL, pinned by the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSource {
+    pub url: String,
+    /// Lower-case hex, 64 digits.
+    pub sha256: String,
+    /// The folder inside the archive that holds the dataset; the whole archive when absent.
+    pub subdir: Option<String>,
+}
+
+/// Where a remote dataset is unpacked when its table has no `path`.
+pub const DEFAULT_REMOTE_DIR: &str = ".modelci/datasets";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -347,14 +377,53 @@ struct RawData {
     #[serde(default)]
     #[expect(dead_code, reason = "read only to reject other layouts; image folders are the one")]
     layout: Layout,
-    train: PathBuf,
-    test: PathBuf,
+    train: Spanned<RawSource>,
+    test: Spanned<RawSource>,
     #[serde(default = "default_color")]
     color: Color,
     #[serde(deserialize_with = "image_size")]
     image_size: [u32; 2],
     mean: Option<Spanned<Vec<f32>>>,
     std: Option<Spanned<Vec<f32>>>,
+}
+
+/// `train = "data/train"`, or `train = { url = "...", sha256 = "...", path = "...",
+/// subdir = "..." }`.
+enum RawSource {
+    Path(PathBuf),
+    Remote(RawRemote),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    url: String,
+    sha256: String,
+    path: Option<PathBuf>,
+    subdir: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = RawSource;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str(
+                    "a folder path, or a table { url = \"https://...\", sha256 = \"<64 hex \
+                     digits>\" } with optional path and subdir",
+                )
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawSource, E> {
+                Ok(RawSource::Path(PathBuf::from(value)))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawSource, A::Error> {
+                RawRemote::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSource::Remote)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -554,6 +623,10 @@ impl RawConfig {
         };
         let mean = per_channel(self.data.mean, "mean", 0.0)?;
         let std = per_channel(self.data.std, "std", 1.0)?;
+        let sources = [("train", self.data.train), ("test", self.data.test)]
+            .into_iter()
+            .map(|(name, raw)| source(name, raw, base, &invalid))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let model = match self.model.kind {
             ModelKind::Mlp => {
@@ -627,8 +700,9 @@ impl RawConfig {
         Ok(Config {
             path: path.to_path_buf(),
             data: DataConfig {
-                train: base.join(self.data.train),
-                test: base.join(self.data.test),
+                train: sources[0].path.clone(),
+                test: sources[1].path.clone(),
+                sources,
                 color: self.data.color,
                 image_size: self.data.image_size,
                 mean,
@@ -667,6 +741,61 @@ impl RawConfig {
                 run_cache: self.store.run_cache,
             },
         })
+    }
+}
+
+/// Checks one `data.train` / `data.test` value.
+fn source(
+    name: &'static str,
+    raw: Spanned<RawSource>,
+    base: &Path,
+    invalid: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<DatasetSource, ConfigError> {
+    let span = raw.span();
+    match raw.into_inner() {
+        RawSource::Path(written) => {
+            Ok(DatasetSource { name, path: base.join(&written), written, remote: None })
+        }
+        RawSource::Remote(remote) => {
+            if !(remote.url.starts_with("https://") || remote.url.starts_with("http://")) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "data.{name}.url must be an http:// or https:// URL, got {:?}",
+                        remote.url
+                    ),
+                ));
+            }
+            let sha256 = remote.sha256.to_ascii_lowercase();
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "data.{name}.sha256 must be the archive's sha256 as 64 hexadecimal \
+                         digits (as `sha256sum` prints it), got {:?}",
+                        remote.sha256
+                    ),
+                ));
+            }
+            let subdir = remote.subdir.map(|dir| dir.trim_matches('/').to_string());
+            if let Some(dir) = &subdir
+                && (dir.is_empty() || dir.split('/').any(|part| part == ".." || part == "."))
+            {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "data.{name}.subdir must be a relative folder inside the archive, got {dir:?}"
+                    ),
+                ));
+            }
+            let written = remote.path.unwrap_or_else(|| Path::new(DEFAULT_REMOTE_DIR).join(name));
+            Ok(DatasetSource {
+                name,
+                path: base.join(&written),
+                written,
+                remote: Some(RemoteSource { url: remote.url, sha256, subdir }),
+            })
+        }
     }
 }
 

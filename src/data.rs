@@ -275,6 +275,7 @@ mod tests {
         DataConfig {
             train: PathBuf::new(),
             test: PathBuf::new(),
+            sources: Vec::new(),
             color: Color::Grayscale,
             image_size: [2, 2],
             mean: vec![0.5],

@@ -11,6 +11,10 @@ pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod data;
+#[cfg(unix)]
+pub mod datasets;
+#[cfg(unix)]
+pub mod fetch;
 pub mod forge;
 pub mod gate;
 pub mod metrics;

@@ -150,10 +150,12 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     // fingerprint, before anything is decoded or trained.
     let store = Store::open(&config.store.dir, config.store.level)
         .with_context(|| format!("cannot open the store {}", config.store.dir.display()))?;
+    crate::datasets::ensure_present(&config, &store, ui)?;
     let datasets = DatasetDigests {
         train: save_dataset(&store, &config.data.train, ui)?,
         test: save_dataset(&store, &config.data.test, ui)?,
     };
+    warn_if_unlocked_changes(&config, &datasets, ui)?;
     let fingerprint = fingerprint(&config, &datasets, &device)?;
     ui.debug(format!("run fingerprint {fingerprint}"));
 
@@ -243,6 +245,26 @@ fn save_dataset(store: &Store, folder: &Path, ui: &Ui) -> anyhow::Result<Digest>
         saved.hashed
     ));
     Ok(saved.digest)
+}
+
+/// A dataset that is not what `modelci.lock` pins is still used, with a warning: the lock
+/// file is for `data pull` and cache keys, and the fingerprint already follows the data.
+fn warn_if_unlocked_changes(
+    config: &Config,
+    datasets: &DatasetDigests,
+    ui: &Ui,
+) -> anyhow::Result<()> {
+    let Some(lock) = crate::datasets::read_lock(config)? else { return Ok(()) };
+    for (name, digest) in [("train", &datasets.train), ("test", &datasets.test)] {
+        let locked = lock.datasets.get(name).map(|dataset| dataset.tree.as_str());
+        if locked.is_some_and(|locked| locked != digest.hex()) {
+            ui.warn(format!(
+                "dataset {name} differs from {}; `modelci data lock` updates it",
+                crate::datasets::LOCK_FILE
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Everything a run's results depend on, and nothing else: the gate's rules, the output folder

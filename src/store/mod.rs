@@ -9,6 +9,8 @@
 //!                               when it was last saved or restored, for eviction
 //!     stat/<sha256>             a stat index per saved folder (see `index`), a cache only
 //!     runs/<aa>/<fingerprint>   the digest of the tree holding a finished run's files
+//!     sources/<aa>/<key>        the digest of the tree unpacked from a fetched archive; the
+//!                               key is over the archive's sha256 and the folder taken from it
 //!     tmp/                      temporary files, renamed into place when complete
 //!     lock                      shared by saves and restores, held alone by `gc`
 //! ```
@@ -31,6 +33,7 @@
 //! never written into a user's tree. Symbolic links are stored as links and never followed,
 //! so a link cycle is stored as it is; a link that leads out of the tree is refused.
 
+mod archive;
 mod index;
 mod runs;
 mod tree;
@@ -44,6 +47,7 @@ use tempfile::NamedTempFile;
 
 use index::StatIndex;
 
+pub use archive::{ArchiveKind, source_key};
 pub use index::Stat;
 pub use runs::{Fingerprint, NamedFile};
 pub use tree::{Entry, EntryKind, Listing, ReadBlob, Tree, TreeError};
@@ -235,7 +239,7 @@ impl Store {
     /// Opens (creating when needed) the store at `root`.
     pub fn open(root: &Path, level: i32) -> Result<Store, StoreError> {
         let store = Store { root: root.to_path_buf(), level };
-        for folder in ["blobs", "trees", "stat", "runs", "tmp"] {
+        for folder in ["blobs", "trees", "stat", "tmp"].into_iter().chain(runs::RECORD_FOLDERS) {
             let path = store.layout().join(folder);
             std::fs::create_dir_all(&path).map_err(io_error(&path))?;
         }
@@ -249,6 +253,18 @@ impl Store {
     fn blob_path(&self, digest: &Digest, suffix: &str) -> PathBuf {
         let hex = digest.hex();
         self.layout().join("blobs").join(&hex[..2]).join(format!("{hex}.{suffix}"))
+    }
+
+    /// Where downloads wait before they are imported: the store's own temporary folder, on the
+    /// same file system as the blobs.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.layout().join("tmp")
+    }
+
+    /// Whether the manifest of tree `digest` is in the store (its blobs are checked on
+    /// restore).
+    pub fn has_tree(&self, digest: &Digest) -> bool {
+        self.tree_path(digest).is_file()
     }
 
     fn tree_path(&self, digest: &Digest) -> PathBuf {
@@ -693,7 +709,7 @@ impl Store {
         for leftover in std::fs::read_dir(&tmp).map_err(io_error(&tmp))?.flatten() {
             let _ = std::fs::remove_file(leftover.path());
         }
-        self.prune_runs();
+        self.prune_records();
         Ok(Collected { before, after: live, removed_trees, removed_blobs })
     }
 

@@ -1,4 +1,6 @@
-//! The run cache: a finished run's files kept as a tree, found again by the run's fingerprint.
+//! Records: a tree found again by a key rather than by its own digest. The run cache keeps a
+//! finished run's files under the run's fingerprint (`runs/`); fetched datasets keep their
+//! unpacked tree under the archive's digest (`sources/`).
 
 use std::io::Write;
 
@@ -42,10 +44,47 @@ impl Fingerprint {
     }
 }
 
+/// The kinds of record, each a folder of the layout.
+pub(super) const RECORD_FOLDERS: [&str; 2] = ["runs", "sources"];
+
 impl Store {
-    fn run_path(&self, fingerprint: &Digest) -> std::path::PathBuf {
-        let hex = fingerprint.hex();
-        self.layout().join("runs").join(&hex[..2]).join(hex)
+    fn record_path(&self, folder: &str, key: &Digest) -> std::path::PathBuf {
+        let hex = key.hex();
+        self.layout().join(folder).join(&hex[..2]).join(hex)
+    }
+
+    /// Stores the manifest of `tree` (whose blobs must be in the store) after checking its
+    /// paths; returns its digest.
+    pub(super) fn put_tree(&self, tree: &Tree) -> Result<Digest, StoreError> {
+        tree.check_paths()?;
+        // The blobs the manifest names become durable before the manifest exists.
+        self.sync()?;
+        let encoding = tree.encode();
+        let digest = Digest::of(&encoding);
+        let mut temporary = self.temporary()?;
+        temporary.write_all(&encoding).map_err(io_error(temporary.path()))?;
+        self.publish_durably(temporary, &self.tree_path(&digest))?;
+        self.touch_tree(&digest);
+        Ok(digest)
+    }
+
+    /// Records `tree` under `key` in `folder`, replacing an earlier record.
+    pub(super) fn write_record(
+        &self,
+        folder: &str,
+        key: &Digest,
+        tree: &Digest,
+    ) -> Result<(), StoreError> {
+        let mut record = self.temporary()?;
+        writeln!(record, "{tree}").map_err(io_error(record.path()))?;
+        record.as_file().sync_all().map_err(io_error(record.path()))?;
+        self.publish_replacing(record, &self.record_path(folder, key))
+    }
+
+    /// The tree recorded under `key` in `folder`, when there is one and its manifest is there.
+    pub(super) fn read_record(&self, folder: &str, key: &Digest) -> Option<Digest> {
+        let record = std::fs::read_to_string(self.record_path(folder, key)).ok()?;
+        Digest::parse(record.trim()).filter(|tree| self.tree_path(tree).is_file())
     }
 
     /// Stores `files` (name, content) as a flat tree and records it under `fingerprint`,
@@ -67,28 +106,21 @@ impl Store {
             });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let tree = Tree { entries };
-        tree.check_paths()?;
-        self.sync()?;
-        let encoding = tree.encode();
-        let digest = Digest::of(&encoding);
-        let mut temporary = self.temporary()?;
-        temporary.write_all(&encoding).map_err(io_error(temporary.path()))?;
-        self.publish_durably(temporary, &self.tree_path(&digest))?;
-
-        let mut record = self.temporary()?;
-        writeln!(record, "{digest}").map_err(io_error(record.path()))?;
-        record.as_file().sync_all().map_err(io_error(record.path()))?;
-        self.publish_replacing(record, &self.run_path(fingerprint))?;
+        let digest = self.put_tree(&Tree { entries })?;
+        self.write_record("runs", fingerprint, &digest)?;
         Ok(digest)
+    }
+
+    /// The tree recorded for run `fingerprint`, if it is still in the store.
+    pub fn run_tree(&self, fingerprint: &Digest) -> Option<Digest> {
+        self.read_record("runs", fingerprint)
     }
 
     /// The files recorded for run `fingerprint`, by name, each verified; `None` when there is
     /// no record or any part of it is gone or damaged (the run is then simply made again).
     pub fn find_run(&self, fingerprint: &Digest) -> Option<(Digest, Vec<NamedFile>)> {
         let _lock = self.lock(super::Lock::Shared).ok()?;
-        let record = std::fs::read_to_string(self.run_path(fingerprint)).ok()?;
-        let digest = Digest::parse(record.trim())?;
+        let digest = self.read_record("runs", fingerprint)?;
         let tree = self.tree(&digest).ok()?;
         let mut files = Vec::new();
         for entry in tree.entries() {
@@ -102,17 +134,19 @@ impl Store {
         Some((digest, files))
     }
 
-    /// Removes run records whose tree is gone; returns how many.
-    pub(super) fn prune_runs(&self) -> usize {
+    /// Removes records whose tree is gone; returns how many.
+    pub(super) fn prune_records(&self) -> usize {
         let mut removed = 0;
-        let Ok(shards) = std::fs::read_dir(self.layout().join("runs")) else { return 0 };
-        for shard in shards.flatten() {
-            for record in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                let text = std::fs::read_to_string(record.path()).unwrap_or_default();
-                let whole =
-                    Digest::parse(text.trim()).is_some_and(|tree| self.tree_path(&tree).is_file());
-                if !whole && std::fs::remove_file(record.path()).is_ok() {
-                    removed += 1;
+        for folder in RECORD_FOLDERS {
+            let Ok(shards) = std::fs::read_dir(self.layout().join(folder)) else { continue };
+            for shard in shards.flatten() {
+                for record in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+                    let whole = Digest::parse(text.trim())
+                        .is_some_and(|tree| self.tree_path(&tree).is_file());
+                    if !whole && std::fs::remove_file(record.path()).is_ok() {
+                        removed += 1;
+                    }
                 }
             }
         }
