@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
+use super::pack::PackWriter;
 use super::{Digest, Entry, EntryKind, Fingerprint, Store, StoreError, Tree, io_error};
 
 /// Entries bigger than this stream through a temporary file instead of memory.
@@ -76,10 +77,12 @@ impl Store {
     ) -> Result<Digest, StoreError> {
         let _lock = self.lock(super::Lock::Shared)?;
         let mut gathered = Gathered::new();
+        let pack = PackWriter::default();
         match kind {
-            ArchiveKind::Zip => self.gather_zip(archive, &mut gathered)?,
-            _ => self.gather_tar(archive, kind, &mut gathered)?,
+            ArchiveKind::Zip => self.gather_zip(archive, &mut gathered, &pack)?,
+            _ => self.gather_tar(archive, kind, &mut gathered, &pack)?,
         }
+        self.finish_pack(pack)?;
         let tree = select(gathered, subdir)
             .map_err(|reason| StoreError::Unsupported { path: archive.to_path_buf(), reason })?;
         let digest = self.put_tree(&tree)?;
@@ -93,12 +96,13 @@ impl Store {
         content: &mut dyn Read,
         size: u64,
         archive: &Path,
+        pack: &PackWriter,
     ) -> Result<EntryKind, StoreError> {
         if size <= IN_MEMORY {
             let mut bytes = Vec::with_capacity(size as usize);
             content.read_to_end(&mut bytes).map_err(io_error(archive))?;
             let size = bytes.len() as u64;
-            return Ok(EntryKind::File { digest: self.put_bytes(&bytes)?, size });
+            return Ok(EntryKind::File { digest: self.put_packed(&bytes, pack)?, size });
         }
         let mut temporary = self.temporary()?;
         io::copy(content, &mut temporary).map_err(io_error(archive))?;
@@ -112,6 +116,7 @@ impl Store {
         archive: &Path,
         kind: ArchiveKind,
         gathered: &mut Gathered,
+        pack: &PackWriter,
     ) -> Result<(), StoreError> {
         let file =
             BufReader::with_capacity(1 << 20, File::open(archive).map_err(io_error(archive))?);
@@ -130,7 +135,7 @@ impl Store {
             let kind = match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size();
-                    self.put_entry(&mut entry, size, archive)?
+                    self.put_entry(&mut entry, size, archive, pack)?
                 }
                 tar::EntryType::Directory => EntryKind::Directory,
                 tar::EntryType::Symlink => EntryKind::Symlink {
@@ -170,7 +175,12 @@ impl Store {
         Ok(())
     }
 
-    fn gather_zip(&self, archive: &Path, gathered: &mut Gathered) -> Result<(), StoreError> {
+    fn gather_zip(
+        &self,
+        archive: &Path,
+        gathered: &mut Gathered,
+        pack: &PackWriter,
+    ) -> Result<(), StoreError> {
         let file = File::open(archive).map_err(io_error(archive))?;
         let zip_error = |error: zip::result::ZipError| StoreError::Unsupported {
             path: archive.to_path_buf(),
@@ -189,7 +199,7 @@ impl Store {
                 EntryKind::Symlink { target }
             } else {
                 let size = entry.size();
-                self.put_entry(&mut entry, size, archive)?
+                self.put_entry(&mut entry, size, archive, pack)?
             };
             let mode = if kind == EntryKind::Directory && mode == 0o644 { 0o755 } else { mode };
             gathered.insert(path, (mode, kind));

@@ -5,6 +5,8 @@
 //!   v1/                       the layout version: a new layout gets a new folder
 //!     blobs/<aa>/<sha256>.zst   a file's bytes, zstd-compressed
 //!     blobs/<aa>/<sha256>.raw   ... or stored as they are, when zstd would not shrink them
+//!     packs/<sha256>.pack       the small blobs (up to 1 MiB) of one save, back to back, each
+//!     packs/<sha256>.idx        compressed or raw as above, and where each one lies (`pack`)
 //!     trees/<aa>/<sha256>       a tree manifest, in its canonical encoding; its mtime is
 //!                               when it was last saved or restored, for eviction
 //!     stat/<sha256>             a stat index per saved folder (see `index`), a cache only
@@ -35,6 +37,7 @@
 
 mod archive;
 mod index;
+mod pack;
 mod runs;
 mod tree;
 
@@ -46,6 +49,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use index::StatIndex;
+use pack::{PackIndex, PackWriter, Packed};
 
 pub use archive::{ArchiveKind, source_key};
 pub use index::Stat;
@@ -224,6 +228,16 @@ pub struct Store {
     root: PathBuf,
     /// zstd level for new blobs.
     level: i32,
+    /// The packed blobs, read from the pack indexes on first use.
+    packs: std::sync::Arc<std::sync::Mutex<Option<PackIndex>>>,
+}
+
+/// Where a blob's bytes are.
+#[derive(Debug, Clone)]
+enum Location {
+    /// A file of its own, and whether it is compressed.
+    Loose(PathBuf, bool),
+    Packed(Packed),
 }
 
 /// What [`Store::verify`] found.
@@ -238,8 +252,9 @@ pub struct Verification {
 impl Store {
     /// Opens (creating when needed) the store at `root`.
     pub fn open(root: &Path, level: i32) -> Result<Store, StoreError> {
-        let store = Store { root: root.to_path_buf(), level };
-        for folder in ["blobs", "trees", "stat", "tmp"].into_iter().chain(runs::RECORD_FOLDERS) {
+        let store = Store { root: root.to_path_buf(), level, packs: Default::default() };
+        let folders = ["blobs", "packs", "trees", "stat", "tmp"];
+        for folder in folders.into_iter().chain(runs::RECORD_FOLDERS) {
             let path = store.layout().join(folder);
             std::fs::create_dir_all(&path).map_err(io_error(&path))?;
         }
@@ -272,19 +287,32 @@ impl Store {
         self.layout().join("trees").join(&hex[..2]).join(hex)
     }
 
-    /// The stored blob for `digest`, and whether it is compressed.
-    fn find_blob(&self, digest: &Digest) -> Option<(PathBuf, bool)> {
+    /// Where the blob `digest` is stored: packs first (a lookup in memory), then loose files.
+    fn find_blob(&self, digest: &Digest) -> Option<Location> {
+        if let Some(packed) = self.find_packed(digest) {
+            return Some(Location::Packed(packed));
+        }
         let compressed = self.blob_path(digest, "zst");
         if compressed.is_file() {
-            return Some((compressed, true));
+            return Some(Location::Loose(compressed, true));
         }
         let raw = self.blob_path(digest, "raw");
-        raw.is_file().then_some((raw, false))
+        raw.is_file().then_some(Location::Loose(raw, false))
     }
 
     /// Moves a finished temporary file to `destination`, unless something is already there:
     /// an existing blob or manifest is never rewritten. Not flushed: see [`Store::sync`].
     fn publish(&self, temporary: NamedTempFile, destination: &Path) -> Result<(), StoreError> {
+        // The shard folder is made only when the first rename into it finds it missing: one
+        // `mkdir` per shard rather than one per blob.
+        let temporary = match temporary.persist_noclobber(destination) {
+            Ok(_) => return Ok(()),
+            Err(error) if error.error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(error) if error.error.kind() == io::ErrorKind::NotFound => error.file,
+            Err(error) => {
+                return Err(StoreError::Io { path: destination.to_path_buf(), cause: error.error });
+            }
+        };
         let parent = destination.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
         match temporary.persist_noclobber(destination) {
@@ -378,19 +406,33 @@ impl Store {
     /// size.
     pub fn put_file(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
         let size = std::fs::metadata(path).map_err(io_error(path))?.len();
-        self.put(path, size)
+        self.put(path, size, None)
     }
 
     /// [`Store::put_file`] for a file `lstat` said has `size` bytes; returns the size read.
-    fn put(&self, path: &Path, size: u64) -> Result<(Digest, u64), StoreError> {
-        if size <= SMALL_FILE { self.put_small(path) } else { self.put_streaming(path) }
+    /// Small files go into `pack` when there is one, as loose blobs otherwise.
+    fn put(
+        &self,
+        path: &Path,
+        size: u64,
+        pack: Option<&PackWriter>,
+    ) -> Result<(Digest, u64), StoreError> {
+        if size <= SMALL_FILE { self.put_small(path, pack) } else { self.put_streaming(path) }
     }
 
     /// Small files are read whole and compressed with a per-thread zstd context: no
     /// per-file encoder set-up, and no second read when they turn out incompressible.
-    fn put_small(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
+    fn put_small(
+        &self,
+        path: &Path,
+        pack: Option<&PackWriter>,
+    ) -> Result<(Digest, u64), StoreError> {
         let bytes = std::fs::read(path).map_err(io_error(path))?;
-        Ok((self.put_bytes(&bytes)?, bytes.len() as u64))
+        let digest = match pack {
+            Some(pack) => self.put_packed(&bytes, pack)?,
+            None => self.put_bytes(&bytes)?,
+        };
+        Ok((digest, bytes.len() as u64))
     }
 
     /// Stores `bytes` as a blob unless they are already there; returns their digest.
@@ -449,14 +491,35 @@ impl Store {
         out: &mut dyn Write,
         entry: &str,
     ) -> Result<u64, StoreError> {
-        let Some((path, compressed)) = self.find_blob(digest) else {
+        use std::io::{Seek, SeekFrom};
+
+        let Some(location) = self.find_blob(digest) else {
             return Err(StoreError::MissingBlob { digest: *digest, path: entry.to_string() });
         };
-        let file = File::open(&path).map_err(io_error(&path))?;
+        let (path, stored, compressed): (PathBuf, Box<dyn Read>, bool) = match &location {
+            Location::Loose(path, compressed) => {
+                let file = File::open(path).map_err(io_error(path))?;
+                (path.clone(), Box::new(file), *compressed)
+            }
+            Location::Packed(packed) => {
+                let mut file = match File::open(&packed.pack) {
+                    Ok(file) => file,
+                    // An index whose pack is gone lists nothing the store has.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                        self.remove_blob(&location);
+                        let path = entry.to_string();
+                        return Err(StoreError::MissingBlob { digest: *digest, path });
+                    }
+                    Err(cause) => return Err(StoreError::Io { path: packed.pack.clone(), cause }),
+                };
+                file.seek(SeekFrom::Start(packed.offset)).map_err(io_error(&packed.pack))?;
+                (packed.pack.clone(), Box::new(file.take(packed.stored)), packed.compressed)
+            }
+        };
         let mut reader: Box<dyn Read> = if compressed {
-            Box::new(zstd::Decoder::new(file).map_err(io_error(&path))?)
+            Box::new(zstd::Decoder::new(stored).map_err(io_error(&path))?)
         } else {
-            Box::new(BufReader::new(file))
+            Box::new(BufReader::new(stored))
         };
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
@@ -466,7 +529,7 @@ impl Store {
                 Ok(read) => read,
                 // A truncated or garbled zstd stream: as corrupt as a wrong hash.
                 Err(cause) => {
-                    let _ = std::fs::remove_file(&path);
+                    self.remove_blob(&location);
                     return Err(StoreError::UnreadableBlob { digest: *digest, cause });
                 }
             };
@@ -479,10 +542,31 @@ impl Store {
         }
         let actual = Digest(hasher.finalize().into());
         if actual != *digest {
-            let _ = std::fs::remove_file(&path);
+            self.remove_blob(&location);
             return Err(StoreError::CorruptBlob { digest: *digest, actual });
         }
         Ok(size)
+    }
+
+    /// Removes a corrupt blob (a packed one takes its whole pack with it), and with it every
+    /// stat index: a save trusts an index's digests to name blobs that are in the store, so
+    /// whatever removes a blob must forget the indexes (they are a cache; the next save of
+    /// each folder hashes it once).
+    fn remove_blob(&self, location: &Location) {
+        match location {
+            Location::Loose(path, _) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Location::Packed(packed) => self.remove_pack(&packed.pack),
+        }
+        self.forget_stat_indexes();
+    }
+
+    fn forget_stat_indexes(&self) {
+        let folder = self.layout().join("stat");
+        for index in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(index.path());
+        }
     }
 
     /// Saves the tree at `root` and returns its digest. Files are hashed and stored in
@@ -490,6 +574,11 @@ impl Store {
     pub fn save(&self, root: &Path) -> Result<Saved, StoreError> {
         let _lock = self.lock(Lock::Shared)?;
         let (encoding, index, saved) = self.hash_tree(root, true)?;
+        if saved.hashed == 0 && self.has_tree(&saved.digest) {
+            // Nothing changed since the last save: the manifest and the index stand.
+            self.touch_tree(&saved.digest);
+            return Ok(saved);
+        }
         let index_path = self.stat_index_path(&std::path::absolute(root).map_err(io_error(root))?);
 
         // Blobs were renamed into place without a flush each; one sync of the file system
@@ -529,15 +618,17 @@ impl Store {
         let started = self.file_system_now()?;
 
         let listing = Tree::scan(root)?;
+        let pack = PackWriter::default();
         let stored: Vec<(Digest, u64, bool)> = listing
             .files
             .par_iter()
             .map(|file| {
-                let known = previous.lookup(file.relative(&listing), &file.stat);
-                match known.filter(|digest| !store_blobs || self.find_blob(digest).is_some()) {
+                // An index's digests name blobs in the store: whatever removes a blob also
+                // forgets the indexes (see `remove_blob_file`), so they need no check here.
+                match previous.lookup(file.relative(&listing), &file.stat) {
                     Some(digest) => Ok((digest, file.stat.size, false)),
                     None if store_blobs => {
-                        let (digest, size) = self.put(&file.path, file.stat.size)?;
+                        let (digest, size) = self.put(&file.path, file.stat.size, Some(&pack))?;
                         Ok((digest, size, true))
                     }
                     None => {
@@ -547,6 +638,7 @@ impl Store {
                 }
             })
             .collect::<Result<_, StoreError>>()?;
+        self.finish_pack(pack)?;
 
         let mut index = StatIndex::new(started);
         for (file, (digest, _, _)) in listing.files.iter().zip(&stored) {
@@ -653,7 +745,16 @@ impl Store {
         let _lock = self.lock(Lock::Exclusive)?;
         let mut trees = self.stored_files("trees")?;
         let blobs = self.stored_files("blobs")?;
-        let before = trees.iter().chain(&blobs).map(|file| file.size).sum();
+        let (packs, unreadable_packs) = self.pack_files();
+        let pack_bytes = |pack: &Path| {
+            [pack.to_path_buf(), pack.with_extension("idx")]
+                .iter()
+                .filter_map(|path| std::fs::metadata(path).ok())
+                .map(|metadata| metadata.len())
+                .sum::<u64>()
+        };
+        let before = trees.iter().chain(&blobs).map(|file| file.size).sum::<u64>()
+            + packs.iter().map(|(pack, _)| pack_bytes(pack)).sum::<u64>();
 
         // Least recently used first; kept trees go last and stop the eviction loop.
         trees.sort_by_key(|tree| (keep.contains(&tree.digest), tree.used));
@@ -673,8 +774,9 @@ impl Store {
             };
             contents.push(files);
         }
+        let packed_sizes = packs.iter().flat_map(|(_, blobs)| blobs).map(|(d, b)| (*d, b.stored));
         let blob_size: std::collections::HashMap<Digest, u64> =
-            blobs.iter().map(|blob| (blob.digest, blob.size)).collect();
+            blobs.iter().map(|blob| (blob.digest, blob.size)).chain(packed_sizes).collect();
         let mut references: std::collections::HashMap<Digest, usize> = Default::default();
         for digest in contents.iter().flatten() {
             *references.entry(*digest).or_default() += 1;
@@ -699,11 +801,52 @@ impl Store {
             }
         }
         let mut removed_blobs = 0;
+        let referenced = |digest: &Digest| references.get(digest).copied().unwrap_or(0) > 0;
         for blob in &blobs {
-            if references.get(&blob.digest).copied().unwrap_or(0) == 0 {
+            if !referenced(&blob.digest) {
                 std::fs::remove_file(&blob.path).map_err(io_error(&blob.path))?;
                 removed_blobs += 1;
             }
+        }
+        // A pack with no live blob goes; one with some is rewritten with only those.
+        // A blob kept loose or in an earlier pack is a duplicate (two writers packed it at once).
+        let mut placed: std::collections::HashSet<Digest> =
+            blobs.iter().map(|blob| blob.digest).filter(|d| referenced(d)).collect();
+        for (pack, packed) in &packs {
+            let live: Vec<(Digest, Packed)> = packed
+                .iter()
+                .filter(|(digest, _)| referenced(digest) && placed.insert(*digest))
+                .cloned()
+                .collect();
+            removed_blobs += packed.len() - live.len();
+            if live.is_empty() {
+                let _ = std::fs::remove_file(pack.with_extension("idx"));
+                std::fs::remove_file(pack).map_err(io_error(pack))?;
+            } else if live.len() < packed.len() {
+                self.repack(pack, &live)?;
+            }
+        }
+        // Packs whose index is unreadable, or that a killed writer left without one, hold
+        // nothing the store can use.
+        for index in &unreadable_packs {
+            let _ = std::fs::remove_file(index);
+            let _ = std::fs::remove_file(index.with_extension("pack"));
+        }
+        let listed: std::collections::HashSet<&Path> =
+            packs.iter().map(|(pack, _)| pack.as_path()).collect();
+        let folder = self.layout().join("packs");
+        for entry in std::fs::read_dir(&folder).map_err(io_error(&folder))?.flatten() {
+            let path = entry.path();
+            let orphan = path.extension().is_some_and(|ending| ending == "pack")
+                && !listed.contains(path.as_path())
+                && !path.with_extension("idx").exists();
+            if orphan {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.reload_packs();
+        if removed_blobs > 0 {
+            self.forget_stat_indexes();
         }
         let tmp = self.layout().join("tmp");
         for leftover in std::fs::read_dir(&tmp).map_err(io_error(&tmp))?.flatten() {
@@ -723,6 +866,24 @@ impl Store {
             let name = blob.path.display().to_string();
             if let Err(error) = self.read_blob(&blob.digest, &mut io::sink(), &name) {
                 report.problems.push(error.to_string());
+            }
+        }
+        let (packs, unreadable) = self.pack_files();
+        for index in unreadable {
+            report.problems.push(format!("pack index {} is unreadable", index.display()));
+        }
+        // Two writers saving the same files at once may each pack them: count blobs once.
+        let mut counted = std::collections::HashSet::new();
+        for (pack, packed) in packs {
+            for (digest, _) in &packed {
+                if counted.insert(*digest) {
+                    report.blobs += 1;
+                }
+                let name = pack.display().to_string();
+                if let Err(error) = self.read_blob(digest, &mut io::sink(), &name) {
+                    report.problems.push(format!("{error} (with the rest of its pack)"));
+                    break;
+                }
             }
         }
         for tree in self.stored_files("trees")? {

@@ -93,8 +93,7 @@ fn identical_content_is_stored_once_and_line_endings_matter() {
     write(&source.join("one.txt"), b"same bytes\n");
     write(&source.join("two/other name.txt"), b"same bytes\n");
     store.save(&source).unwrap();
-    let blobs = walk_files(&store.layout().join("blobs"));
-    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert_eq!(store.verify().unwrap().blobs, 1);
 
     let (lf, _) = store.put_file(&source.join("one.txt")).unwrap();
     write(&source.join("crlf.txt"), b"same bytes\r\n");
@@ -118,8 +117,13 @@ fn incompressible_data_is_stored_raw_and_restored() {
     let noise = noise(200_000, 1);
     write(&source.join("noise.bin"), &noise);
     let digest = store.save(&source).unwrap().digest;
-    let blobs = walk_files(&store.layout().join("blobs"));
-    assert!(blobs[0].extension() == Some(OsStr::new("raw")), "{blobs:?}");
+    match store.find_blob(&Digest::of(&noise)) {
+        Some(Location::Packed(packed)) => {
+            assert!(!packed.compressed);
+            assert_eq!((packed.stored, packed.size), (200_000, 200_000));
+        }
+        other => panic!("a 200 kB file is packed: {other:?}"),
+    }
     store.restore(&digest, &dir.path().join("out")).unwrap();
     assert_eq!(std::fs::read(dir.path().join("out/noise.bin")).unwrap(), noise);
 }
@@ -131,7 +135,11 @@ fn corrupt_truncated_and_missing_blobs_are_never_restored() {
         let source = dir.path().join("source");
         write(&source.join("file.txt"), &b"precious content ".repeat(1000));
         let digest = store.save(&source).unwrap().digest;
-        let blob = walk_files(&store.layout().join("blobs")).remove(0);
+        // The one small file is in the save's pack.
+        let blob = walk_files(&store.layout().join("packs"))
+            .into_iter()
+            .find(|path| path.extension() == Some(OsStr::new("pack")))
+            .unwrap();
         let mut bytes = std::fs::read(&blob).unwrap();
         match damage {
             "flip" => {
@@ -157,6 +165,7 @@ fn corrupt_truncated_and_missing_blobs_are_never_restored() {
         assert!(expected, "{damage}: {error}");
         assert_eq!(std::fs::read(target.join("keep.txt")).unwrap(), b"the old tree", "{damage}");
         assert!(!blob.exists(), "{damage}: a bad blob is removed");
+        assert!(!blob.with_extension("idx").exists(), "{damage}: with its pack's index");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
@@ -312,16 +321,25 @@ fn the_stat_index_skips_unchanged_files_and_never_misses_a_change() {
     store.restore(&after.digest, &target).unwrap();
     assert_eq!(std::fs::read(target.join("file-07.txt")).unwrap(), b"CONTENT 7");
 
-    // A blob lost from the store is stored again even though the file did not change.
-    for blob in walk_files(&store.layout().join("blobs")) {
-        std::fs::remove_file(blob).unwrap();
-    }
+    // A blob found corrupt is removed, and with it the indexes that vouched for it: the next
+    // save reads every file again and stores the lost blob anew.
+    let Some(Location::Packed(packed)) = store.find_blob(&Digest::of(b"content 3")) else {
+        panic!("small files are packed");
+    };
+    let mut pack = std::fs::read(&packed.pack).unwrap();
+    pack[packed.offset as usize] ^= 0xff;
+    std::fs::write(&packed.pack, pack).unwrap();
+    let blob = packed.pack;
+    let refused = store.restore(&after.digest, &dir.path().join("refused"));
+    assert!(matches!(
+        refused,
+        Err(StoreError::CorruptBlob { .. } | StoreError::UnreadableBlob { .. })
+    ));
+    assert!(!blob.exists(), "the corrupt blob was removed");
     let rebuilt = store.save(&source).unwrap();
     assert_eq!((rebuilt.digest, rebuilt.hashed), (after.digest, 20));
-    // Only the first tree's old file-07 is gone for good, and verify names it.
-    let problems = store.verify().unwrap().problems;
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("file-07.txt"), "{problems:?}");
+    store.restore(&after.digest, &dir.path().join("whole")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("whole/file-03.txt")).unwrap(), b"content 3");
 }
 
 fn age(path: &Path, seconds_ago: u64) {
@@ -416,4 +434,38 @@ fn hash_file_matches_the_published_sha256_of_abc() {
     assert_eq!(size, 3);
     // FIPS 180-2, appendix B.1.
     assert_eq!(digest.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+#[test]
+fn gc_drops_dead_packs_and_rewrites_half_dead_ones() {
+    let (dir, store) = store();
+    let both = dir.path().join("both");
+    write(&both.join("kept.txt"), b"kept by the second tree");
+    write(&both.join("dropped.txt"), b"only in the first tree");
+    let first = store.save(&both).unwrap().digest;
+    let one = dir.path().join("one");
+    write(&one.join("kept.txt"), b"kept by the second tree");
+    let second = store.save(&one).unwrap().digest;
+    let packs = || {
+        let mut found: Vec<PathBuf> = walk_files(&store.layout().join("packs"));
+        found.sort();
+        found
+    };
+    assert_eq!(packs().len(), 2, "one pack and its index: the second save added no blob");
+    // A pack a killed writer left without its index.
+    std::fs::write(store.layout().join("packs").join(format!("{}.pack", "0".repeat(64))), b"x")
+        .unwrap();
+
+    let collected = store.gc(0, &[second]).unwrap();
+    assert_eq!((collected.removed_trees, collected.removed_blobs), (1, 1));
+    let left = packs();
+    assert_eq!(left.len(), 2, "the rewritten pack and its index, no orphan: {left:?}");
+    assert!(store.tree(&first).is_err());
+    assert!(store.verify().unwrap().problems.is_empty());
+    assert_eq!(store.verify().unwrap().blobs, 1);
+    store.restore(&second, &dir.path().join("out")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("out/kept.txt")).unwrap(), b"kept by the second tree");
+
+    store.gc(0, &[]).unwrap();
+    assert!(packs().is_empty(), "nothing referenced, nothing left");
 }
