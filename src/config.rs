@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
+pub use crate::schedule::{Schedule, Watched};
+
 /// The file name `modelci run` looks for when no `--config` is given.
 pub const DEFAULT_FILE: &str = "modelci.toml";
 
@@ -113,18 +115,54 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub optimizer: Optimizer,
     pub learning_rate: f64,
+    /// L2 penalty for `sgd` and `adam`; decoupled weight decay for `adamw`.
     pub weight_decay: f64,
     pub loss: Loss,
+    /// Cross-entropy against targets mixed with the uniform distribution by this much.
+    pub label_smoothing: f64,
+    /// Gradients are rescaled so that their global L2 norm is at most this.
+    pub clip_grad_norm: Option<f64>,
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up before the schedule starts.
+    pub warmup_epochs: usize,
+    /// Held out of the training set, seeded by `seed`, to watch for early stopping.
+    pub validation_fraction: Option<f64>,
+    pub early_stopping: Option<EarlyStoppingConfig>,
     pub seed: u64,
     pub threads: usize,
     pub device: Device,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    /// The validation metric watched.
+    #[serde(default = "default_watched")]
+    pub metric: Watched,
+    /// Epochs without improvement before training stops.
+    #[serde(default = "default_patience", deserialize_with = "at_least_one")]
+    pub patience: usize,
+}
+
+fn default_watched() -> Watched {
+    Watched::Loss
+}
+
+fn default_patience() -> usize {
+    3
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Optimizer {
-    Sgd { momentum: f64 },
+    Sgd {
+        momentum: f64,
+        nesterov: bool,
+    },
     Adam,
+    /// Adam with decoupled weight decay.
+    #[serde(rename = "adamw")]
+    AdamW,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -469,6 +507,20 @@ struct RawTrain {
     weight_decay: f64,
     #[serde(default = "default_loss")]
     loss: Loss,
+    #[serde(default, deserialize_with = "below_one")]
+    label_smoothing: f64,
+    #[serde(default, deserialize_with = "positive_option")]
+    clip_grad_norm: Option<f64>,
+    nesterov: Option<Spanned<bool>>,
+    #[serde(default)]
+    schedule: ScheduleKind,
+    step_size: Option<Spanned<usize>>,
+    gamma: Option<Spanned<f64>>,
+    min_learning_rate: Option<Spanned<f64>>,
+    #[serde(default)]
+    warmup_epochs: usize,
+    validation_fraction: Option<Spanned<f64>>,
+    early_stopping: Option<Spanned<EarlyStoppingConfig>>,
     #[serde(default)]
     seed: u64,
     #[serde(default = "default_threads", deserialize_with = "at_least_one")]
@@ -487,6 +539,16 @@ impl Default for RawTrain {
             momentum: None,
             weight_decay: 0.0,
             loss: default_loss(),
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
+            nesterov: None,
+            schedule: ScheduleKind::Constant,
+            step_size: None,
+            gamma: None,
+            min_learning_rate: None,
+            warmup_epochs: 0,
+            validation_fraction: None,
+            early_stopping: None,
             seed: 0,
             threads: default_threads(),
             device: default_device(),
@@ -499,6 +561,17 @@ impl Default for RawTrain {
 enum OptimizerKind {
     Sgd,
     Adam,
+    #[serde(rename = "adamw")]
+    AdamW,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+enum ScheduleKind {
+    #[default]
+    Constant,
+    Step,
+    Cosine,
 }
 
 fn default_epochs() -> usize {
@@ -664,28 +737,146 @@ impl RawConfig {
             });
         }
 
-        let optimizer = match (self.train.optimizer, self.train.momentum) {
-            (OptimizerKind::Adam, Some(momentum)) => {
-                return Err(invalid(
-                    momentum.span(),
-                    "train.momentum applies only to optimizer = \"sgd\"; remove it or change \
-                     train.optimizer"
-                        .to_string(),
-                ));
+        let train = self.train;
+        let only_for = |span: Range<usize>, key: &str, applies: &str| {
+            invalid(span, format!("train.{key} applies only to {applies}; remove it or change it"))
+        };
+        let optimizer = match train.optimizer {
+            OptimizerKind::Adam | OptimizerKind::AdamW => {
+                if let Some(momentum) = &train.momentum {
+                    return Err(only_for(momentum.span(), "momentum", "optimizer = \"sgd\""));
+                }
+                if let Some(nesterov) = &train.nesterov {
+                    return Err(only_for(nesterov.span(), "nesterov", "optimizer = \"sgd\""));
+                }
+                if train.optimizer == OptimizerKind::Adam {
+                    Optimizer::Adam
+                } else {
+                    Optimizer::AdamW
+                }
             }
-            (OptimizerKind::Adam, None) => Optimizer::Adam,
-            (OptimizerKind::Sgd, momentum) => {
-                let span = momentum.as_ref().map(Spanned::span);
-                let momentum = momentum.map_or(0.0, Spanned::into_inner);
+            OptimizerKind::Sgd => {
+                let span = train.momentum.as_ref().map(Spanned::span);
+                let momentum = train.momentum.map_or(0.0, Spanned::into_inner);
                 if !(0.0..1.0).contains(&momentum) {
                     return Err(invalid(
                         span.unwrap_or_default(),
                         format!("train.momentum must be at least 0 and below 1, got {momentum}"),
                     ));
                 }
-                Optimizer::Sgd { momentum }
+                let nesterov = match train.nesterov {
+                    Some(nesterov) if *nesterov.get_ref() && momentum == 0.0 => {
+                        return Err(invalid(
+                            nesterov.span(),
+                            "train.nesterov needs train.momentum above 0".to_string(),
+                        ));
+                    }
+                    Some(nesterov) => nesterov.into_inner(),
+                    None => false,
+                };
+                Optimizer::Sgd { momentum, nesterov }
             }
         };
+
+        let schedule = match train.schedule {
+            ScheduleKind::Step => {
+                let Some(step_size) = train.step_size else {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "train.schedule = \"step\" needs train.step_size, the epochs \
+                                  between decays, e.g. step_size = 2"
+                            .to_string(),
+                    });
+                };
+                if *step_size.get_ref() == 0 {
+                    return Err(invalid(
+                        step_size.span(),
+                        "train.step_size must be at least 1".into(),
+                    ));
+                }
+                let gamma = train.gamma.map_or(Ok(0.1), |gamma| {
+                    let value = *gamma.get_ref();
+                    if value > 0.0 && value <= 1.0 {
+                        Ok(value)
+                    } else {
+                        Err(invalid(
+                            gamma.span(),
+                            format!("train.gamma must be in (0, 1], got {value}"),
+                        ))
+                    }
+                })?;
+                Schedule::Step { step_size: step_size.into_inner(), gamma }
+            }
+            ScheduleKind::Constant | ScheduleKind::Cosine => {
+                let step_only = train.step_size.as_ref().map(Spanned::span);
+                if let Some(span) = step_only.or(train.gamma.as_ref().map(Spanned::span)) {
+                    return Err(only_for(span, "step_size/gamma", "schedule = \"step\""));
+                }
+                if train.schedule == ScheduleKind::Constant {
+                    if let Some(floor) = &train.min_learning_rate {
+                        return Err(only_for(
+                            floor.span(),
+                            "min_learning_rate",
+                            "schedule = \"cosine\"",
+                        ));
+                    }
+                    Schedule::Constant
+                } else {
+                    let floor = train.min_learning_rate.map_or(Ok(0.0), |floor| {
+                        let value = *floor.get_ref();
+                        if (0.0..train.learning_rate).contains(&value) {
+                            Ok(value)
+                        } else {
+                            Err(invalid(
+                                floor.span(),
+                                format!(
+                                    "train.min_learning_rate must be at least 0 and below \
+                                     train.learning_rate ({}), got {value}",
+                                    train.learning_rate
+                                ),
+                            ))
+                        }
+                    })?;
+                    Schedule::Cosine { min_learning_rate: floor }
+                }
+            }
+        };
+
+        let validation_fraction = match train.validation_fraction {
+            Some(fraction) => {
+                let value = *fraction.get_ref();
+                if !(value > 0.0 && value < 1.0) {
+                    return Err(invalid(
+                        fraction.span(),
+                        format!(
+                            "train.validation_fraction must be between 0 and 1, exclusive, got {value}"
+                        ),
+                    ));
+                }
+                Some(value)
+            }
+            None => None,
+        };
+        let early_stopping = match train.early_stopping {
+            Some(stopping) if validation_fraction.is_none() => {
+                return Err(invalid(
+                    stopping.span(),
+                    "train.early_stopping watches a validation set: set train.validation_fraction \
+                     too, e.g. 0.1"
+                        .to_string(),
+                ));
+            }
+            other => other.map(Spanned::into_inner),
+        };
+        if train.warmup_epochs > train.epochs {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: format!(
+                    "train.warmup_epochs ({}) is more than train.epochs ({})",
+                    train.warmup_epochs, train.epochs
+                ),
+            });
+        }
 
         let mut rules = Vec::with_capacity(self.gate.rules.len());
         for rule in self.gate.rules {
@@ -710,15 +901,21 @@ impl RawConfig {
             },
             model,
             train: TrainConfig {
-                epochs: self.train.epochs,
-                batch_size: self.train.batch_size,
+                epochs: train.epochs,
+                batch_size: train.batch_size,
                 optimizer,
-                learning_rate: self.train.learning_rate,
-                weight_decay: self.train.weight_decay,
-                loss: self.train.loss,
-                seed: self.train.seed,
-                threads: self.train.threads,
-                device: self.train.device,
+                learning_rate: train.learning_rate,
+                weight_decay: train.weight_decay,
+                loss: train.loss,
+                label_smoothing: train.label_smoothing,
+                clip_grad_norm: train.clip_grad_norm,
+                schedule,
+                warmup_epochs: train.warmup_epochs,
+                validation_fraction,
+                early_stopping,
+                seed: train.seed,
+                threads: train.threads,
+                device: train.device,
             },
             gate: GateConfig {
                 baseline: base.join(self.gate.baseline.unwrap_or_else(|| DEFAULT_BASELINE.into())),
@@ -851,6 +1048,18 @@ fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error>
     Ok(value)
 }
 
+fn below_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if !(0.0..1.0).contains(&value) {
+        return Err(de::Error::custom(format!("must be at least 0 and below 1, got {value}")));
+    }
+    Ok(value)
+}
+
+fn positive_option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    positive(deserializer).map(Some)
+}
+
 fn image_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u32; 2], D::Error> {
     let values = Vec::<i64>::deserialize(deserializer)?;
     match values.as_slice() {
@@ -934,10 +1143,13 @@ hidden = [32]
 
     #[test]
     fn unknown_optimizer_lists_the_allowed_ones() {
-        let text = format!("{MINIMAL}\n[train]\noptimizer = \"adamw\"\n");
+        let text = format!("{MINIMAL}\n[train]\noptimizer = \"adamax\"\n");
         let message = error(&text);
         assert!(message.contains(":12:13: "), "{message}");
-        assert!(message.contains("unknown variant `adamw`, expected `sgd` or `adam`"), "{message}");
+        assert!(
+            message.contains("unknown variant `adamax`, expected one of `sgd`, `adam`, `adamw`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -958,6 +1170,53 @@ hidden = [32]
     fn momentum_with_adam_is_an_error() {
         let text = format!("{MINIMAL}\n[train]\noptimizer = \"adam\"\nmomentum = 0.9\n");
         assert!(error(&text).contains("train.momentum applies only to optimizer = \"sgd\""));
+    }
+
+    #[test]
+    fn training_options_parse_and_their_misuse_names_the_key() {
+        let train = |body: &str| format!("{MINIMAL}\n[train]\n{body}\n");
+        let config = parse(&train(
+            "optimizer = \"sgd\"\nmomentum = 0.9\nnesterov = true\nschedule = \"cosine\"\n\
+             min_learning_rate = 0.0001\nwarmup_epochs = 1\nlabel_smoothing = 0.1\n\
+             clip_grad_norm = 1.0\nvalidation_fraction = 0.2\n\
+             early_stopping = { metric = \"accuracy\", patience = 2 }",
+        ))
+        .unwrap();
+        let train_config = &config.train;
+        assert_eq!(train_config.optimizer, Optimizer::Sgd { momentum: 0.9, nesterov: true });
+        assert_eq!(train_config.schedule, Schedule::Cosine { min_learning_rate: 0.0001 });
+        assert_eq!((train_config.warmup_epochs, train_config.label_smoothing), (1, 0.1));
+        assert_eq!(train_config.clip_grad_norm, Some(1.0));
+        assert_eq!(train_config.validation_fraction, Some(0.2));
+        assert_eq!(
+            train_config.early_stopping,
+            Some(EarlyStoppingConfig { metric: Watched::Accuracy, patience: 2 })
+        );
+        let step = parse(&train("schedule = \"step\"\nstep_size = 2")).unwrap();
+        assert_eq!(step.train.schedule, Schedule::Step { step_size: 2, gamma: 0.1 });
+        assert_eq!(
+            parse(&train("optimizer = \"adamw\"")).unwrap().train.optimizer,
+            Optimizer::AdamW
+        );
+
+        let cases = [
+            ("optimizer = \"sgd\"\nnesterov = true", "train.nesterov needs train.momentum above 0"),
+            ("optimizer = \"adam\"\nnesterov = true", "train.nesterov applies only to optimizer"),
+            ("schedule = \"step\"", "needs train.step_size"),
+            ("gamma = 0.5", "train.step_size/gamma applies only to schedule = \"step\""),
+            ("min_learning_rate = 0.1", "applies only to schedule = \"cosine\""),
+            ("schedule = \"cosine\"\nmin_learning_rate = 1.0", "below train.learning_rate"),
+            ("early_stopping = { patience = 2 }", "set train.validation_fraction too"),
+            ("validation_fraction = 1.5\n", "between 0 and 1, exclusive"),
+            ("label_smoothing = 1.0", "must be at least 0 and below 1"),
+            ("clip_grad_norm = 0", "must be a number greater than 0, got 0"),
+            ("warmup_epochs = 9", "train.warmup_epochs (9) is more than train.epochs (5)"),
+            ("schedule = \"linear\"", "unknown variant `linear`, expected one of"),
+        ];
+        for (body, expected) in cases {
+            let message = error(&train(body));
+            assert!(message.contains(expected), "{body}: {message}");
+        }
     }
 
     #[test]

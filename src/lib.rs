@@ -20,6 +20,7 @@ pub mod gate;
 pub mod metrics;
 pub mod publish;
 pub mod report;
+pub mod schedule;
 pub mod stats;
 #[cfg(unix)]
 pub mod store;

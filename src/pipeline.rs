@@ -30,6 +30,7 @@ use crate::gate::{self, METRICS_SCHEMA, Outcome, Verdict};
 use crate::metrics::{self, ConfusionMatrix, Metrics, Prediction};
 use crate::model;
 use crate::report::{self, RunSummary};
+use crate::schedule;
 use crate::store::{Digest, Fingerprint, Store};
 use crate::torch::{self, ChosenDevice, LIBTORCH_VERSION};
 use crate::train::{self, EpochStats};
@@ -91,6 +92,9 @@ struct Metadata<'a> {
     training: TrainingDescription,
     datasets: DatasetSizes<'a>,
     epochs: &'a [EpochStats],
+    /// The epoch whose weights were kept, when early stopping went back to an earlier one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_epoch: Option<usize>,
     /// The only part of the file that differs between identical runs.
     durations: Durations,
 }
@@ -112,11 +116,23 @@ struct TrainingDescription {
     learning_rate: f64,
     weight_decay: f64,
     loss: crate::config::Loss,
+    label_smoothing: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip_grad_norm: Option<f64>,
+    schedule: crate::config::Schedule,
+    warmup_epochs: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    early_stopping: Option<crate::config::EarlyStoppingConfig>,
 }
 
 #[derive(Debug, Serialize)]
 struct DatasetSizes<'a> {
+    /// Images trained on: the training set less the validation part.
     train: usize,
+    /// Held out of the training set for early stopping; 0 without `train.validation_fraction`.
+    validation: usize,
     test: usize,
     classes: usize,
     /// The datasets' tree digests in the store.
@@ -381,8 +397,25 @@ fn train_and_evaluate(
         classes.len(),
         device.name
     ));
-    let batches = train::Batches { images: &train_images, labels: &train_labels };
-    let trained = train::train(&vs, &network, batches, &config.train, ui)?;
+    // A validation set, when asked for, is held out of the training set by a seeded draw.
+    let held_out = config.train.validation_fraction.map(|fraction| {
+        let (kept, held) = schedule::validation_split(train_set.len(), fraction, config.train.seed);
+        let select = |positions: Vec<usize>, tensor: &Tensor| {
+            let positions: Vec<i64> = positions.into_iter().map(|p| p as i64).collect();
+            tensor.index_select(0, &Tensor::from_slice(&positions).to_device(device.device))
+        };
+        let validation = (select(held.clone(), &train_images), select(held, &train_labels));
+        ((select(kept.clone(), &train_images), select(kept, &train_labels)), validation)
+    });
+    let (fit_images, fit_labels, validation) = match &held_out {
+        Some(((images, labels), (held_images, held_labels))) => {
+            (images, labels, Some(train::Batches { images: held_images, labels: held_labels }))
+        }
+        None => (&train_images, &train_labels, None),
+    };
+    let validation_size = validation.as_ref().map_or(0, |held| held.images.size()[0] as usize);
+    let batches = train::Batches { images: fit_images, labels: fit_labels };
+    let trained = train::train(&vs, &network, batches, validation, &config.train, ui)?;
     let checkpoint = checkpoint_bytes(&vs)?;
 
     let started = Instant::now();
@@ -412,11 +445,13 @@ fn train_and_evaluate(
             model: describe_model(&config.model, parameter_count(&vs)),
             training: describe_training(&config.train),
             datasets: DatasetSizes {
-                train: train_set.len(),
+                train: train_set.len() - validation_size,
+                validation: validation_size,
                 test: test_set.len(),
                 classes: classes.len(),
                 digests,
             },
+            best_epoch: trained.best_epoch,
             epochs: &trained.epochs,
             durations: Durations {
                 load_seconds,
@@ -430,8 +465,8 @@ fn train_and_evaluate(
         "This run: {} trained for {} epochs on {} images ({:.0} samples/s, {:.1} s), evaluated \
          on {} images; seed {}, {} thread(s), {}, libtorch {}.",
         model_kind(&config.model),
-        config.train.epochs,
-        train_set.len(),
+        trained.epochs.len(),
+        train_set.len() - validation_size,
         trained.samples_per_second,
         trained.seconds,
         test_set.len(),
@@ -536,6 +571,12 @@ fn describe_training(train: &TrainConfig) -> TrainingDescription {
         learning_rate: train.learning_rate,
         weight_decay: train.weight_decay,
         loss: train.loss,
+        label_smoothing: train.label_smoothing,
+        clip_grad_norm: train.clip_grad_norm,
+        schedule: train.schedule,
+        warmup_epochs: train.warmup_epochs,
+        validation_fraction: train.validation_fraction,
+        early_stopping: train.early_stopping,
     }
 }
 

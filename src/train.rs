@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Loss, Optimizer, TrainConfig};
 use crate::model;
+use crate::schedule::{EarlyStopping, LearningRates, Progress};
 use crate::ui::Ui;
 
 /// A dataset as two tensors on the training device.
@@ -25,11 +26,19 @@ pub struct EpochStats {
     pub epoch: usize,
     /// The mean of the batch losses over the epoch.
     pub mean_loss: f64,
+    /// The learning rate of the epoch's last step.
+    pub learning_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
 pub struct TrainReport {
     pub epochs: Vec<EpochStats>,
+    /// Set when early stopping ended training: the epoch whose weights were kept.
+    pub best_epoch: Option<usize>,
     pub seconds: f64,
     pub samples_per_second: f64,
 }
@@ -46,44 +55,83 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
 }
 
-/// Trains `model`, whose parameters live in `vs`, for the configured epochs.
+/// The training loss of a batch.
+fn loss(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
+    match config.loss {
+        // Without smoothing, the same arithmetic as always, so that results stay bit-identical.
+        Loss::CrossEntropy if config.label_smoothing == 0.0 => {
+            logits.cross_entropy_for_logits(labels)
+        }
+        Loss::CrossEntropy => logits.cross_entropy_loss::<Tensor>(
+            labels,
+            None,
+            tch::Reduction::Mean,
+            -100,
+            config.label_smoothing,
+        ),
+    }
+}
+
+/// Trains `model`, whose parameters live in `vs`, for the configured epochs, or until early
+/// stopping on `validation` says to stop (the best epoch's weights are then put back).
 pub fn train(
     vs: &nn::VarStore,
     model: &nn::Sequential,
     data: Batches<'_>,
+    validation: Option<Batches<'_>>,
     config: &TrainConfig,
     ui: &Ui,
 ) -> Result<TrainReport, TrainError> {
+    let wd = config.weight_decay;
     let mut optimizer = match config.optimizer {
-        Optimizer::Sgd { momentum } => {
-            nn::Sgd { momentum, wd: config.weight_decay, ..Default::default() }
+        Optimizer::Sgd { momentum, nesterov } => {
+            nn::Sgd { momentum, nesterov, wd, ..Default::default() }
                 .build(vs, config.learning_rate)?
         }
-        Optimizer::Adam => nn::Adam { wd: config.weight_decay, ..Default::default() }
-            .build(vs, config.learning_rate)?,
+        Optimizer::Adam => nn::Adam { wd, ..Default::default() }.build(vs, config.learning_rate)?,
+        Optimizer::AdamW => {
+            nn::AdamW { wd, ..Default::default() }.build(vs, config.learning_rate)?
+        }
     };
 
     let samples = data.images.size()[0];
     let batch_size = config.batch_size as i64;
     let steps_per_epoch = (samples + batch_size - 1) / batch_size;
+    let rates = LearningRates {
+        base: config.learning_rate,
+        schedule: config.schedule,
+        warmup_steps: config.warmup_epochs * steps_per_epoch as usize,
+        steps_per_epoch: steps_per_epoch as usize,
+        total_steps: config.epochs * steps_per_epoch as usize,
+    };
+    let mut stopping =
+        config.early_stopping.map(|rule| EarlyStopping::new(rule.metric, rule.patience));
+    let mut best_weights: Option<Vec<(String, Tensor)>> = None;
+    let mut best_epoch = None;
     let started = Instant::now();
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut last_finite: Option<f64> = None;
+    let mut step_in_run = 0;
 
     for epoch in 1..=config.epochs {
         let bar = ui.bar(steps_per_epoch as u64, &format!("epoch {epoch}/{}", config.epochs));
         let order = Tensor::randperm(samples, (Kind::Int64, data.images.device()));
         let mut loss_sum = 0.0;
+        let mut learning_rate = config.learning_rate;
         for step in 0..steps_per_epoch {
+            learning_rate = rates.at(step_in_run);
+            optimizer.set_lr(learning_rate);
+            step_in_run += 1;
             let start = step * batch_size;
             let indices = order.narrow(0, start, batch_size.min(samples - start));
             let images = data.images.index_select(0, &indices);
             let labels = data.labels.index_select(0, &indices);
             let logits = model::forward(model, &images);
-            let loss = match config.loss {
-                Loss::CrossEntropy => logits.cross_entropy_for_logits(&labels),
-            };
-            optimizer.backward_step(&loss);
+            let loss = loss(&logits, &labels, config);
+            match config.clip_grad_norm {
+                Some(max) => optimizer.backward_step_clip_norm(&loss, max),
+                None => optimizer.backward_step(&loss),
+            }
 
             let value = f64::try_from(&loss)?;
             if !value.is_finite() {
@@ -103,11 +151,87 @@ pub fn train(
         }
         bar.finish_and_clear();
         let mean_loss = loss_sum / steps_per_epoch as f64;
-        ui.status(format!("epoch {epoch}/{}: mean loss {mean_loss:.4}", config.epochs));
-        epochs.push(EpochStats { epoch, mean_loss });
+        let mut stats = EpochStats {
+            epoch,
+            mean_loss,
+            learning_rate,
+            validation_loss: None,
+            validation_accuracy: None,
+        };
+        let mut stop = false;
+        if let Some(validation) = &validation {
+            let (validation_loss, validation_accuracy) = evaluate(model, validation)?;
+            stats.validation_loss = Some(validation_loss);
+            stats.validation_accuracy = Some(validation_accuracy);
+            ui.status(format!(
+                "epoch {epoch}/{}: mean loss {mean_loss:.4}, validation loss \
+                 {validation_loss:.4}, accuracy {validation_accuracy:.4}",
+                config.epochs
+            ));
+            if let Some(stopping) = stopping.as_mut() {
+                match stopping.observe(epoch, validation_loss, validation_accuracy) {
+                    Progress::Improved => best_weights = Some(snapshot(vs)),
+                    Progress::Waiting => {}
+                    Progress::Stop { best_epoch: best } => {
+                        ui.status(format!(
+                            "early stopping after epoch {epoch}: no better validation result \
+                             since epoch {best}; keeping epoch {best}'s weights"
+                        ));
+                        best_epoch = Some(best);
+                        stop = true;
+                    }
+                }
+            }
+        } else {
+            ui.status(format!("epoch {epoch}/{}: mean loss {mean_loss:.4}", config.epochs));
+        }
+        epochs.push(stats);
+        if stop {
+            break;
+        }
+    }
+    // Training ran to the end: the weights to keep are still the best epoch's.
+    if let (Some(stopping), None) = (&stopping, best_epoch) {
+        best_epoch = stopping.best().map(|(epoch, _)| epoch).filter(|&e| e != epochs.len());
+    }
+    if let (Some(best), Some(_)) = (&best_weights, best_epoch) {
+        restore(vs, best);
     }
 
     let seconds = started.elapsed().as_secs_f64();
-    let seen = samples as f64 * config.epochs as f64;
-    Ok(TrainReport { epochs, seconds, samples_per_second: seen / seconds.max(f64::EPSILON) })
+    let seen = samples as f64 * epochs.len() as f64;
+    Ok(TrainReport {
+        epochs,
+        best_epoch,
+        seconds,
+        samples_per_second: seen / seconds.max(f64::EPSILON),
+    })
+}
+
+/// Mean loss and accuracy on a held-out set, without gradients.
+fn evaluate(model: &nn::Sequential, data: &Batches<'_>) -> Result<(f64, f64), TrainError> {
+    tch::no_grad(|| {
+        let logits = model::forward(model, data.images);
+        let loss = f64::try_from(logits.cross_entropy_for_logits(data.labels))?;
+        let correct = logits.argmax(-1, false).eq_tensor(data.labels).to_kind(Kind::Float);
+        let accuracy = f64::try_from(correct.mean(Kind::Float))?;
+        Ok((loss, accuracy))
+    })
+}
+
+fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    tch::no_grad(|| {
+        vs.variables().into_iter().map(|(name, tensor)| (name, tensor.detach().copy())).collect()
+    })
+}
+
+fn restore(vs: &nn::VarStore, weights: &[(String, Tensor)]) {
+    let variables = vs.variables();
+    tch::no_grad(|| {
+        for (name, saved) in weights {
+            if let Some(variable) = variables.get(name) {
+                variable.shallow_clone().copy_(saved);
+            }
+        }
+    });
 }

@@ -46,6 +46,14 @@ impl Project {
         self.dir.path().join(relative)
     }
 
+    /// The project with `from` replaced by `to` in its config.
+    fn replacing(self, from: &str, to: &str) -> Project {
+        let config = std::fs::read_to_string(self.path("modelci.toml")).unwrap();
+        assert!(config.contains(from), "{from} is not in the config");
+        self.write("modelci.toml", config.replace(from, to).as_bytes());
+        self
+    }
+
     fn write(&self, relative: &str, bytes: &[u8]) {
         let path = self.path(relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -398,4 +406,69 @@ fn other_seed_is_noise_but_a_damaged_model_is_a_significant_regression() {
     let newly_wrong = verdict["pairing"]["newly_wrong"].as_array().unwrap().len();
     let newly_right = verdict["pairing"]["newly_right"].as_array().unwrap().len();
     assert!(newly_wrong > 5 * newly_right.max(1), "{newly_wrong} vs {newly_right}");
+}
+
+#[test]
+fn sgd_with_nesterov_cosine_warmup_clipping_and_smoothing_trains() {
+    let project = Project::with_config(&small_config(
+        "momentum = 0.9\nnesterov = true\nschedule = \"cosine\"\n\
+         min_learning_rate = 0.001\nwarmup_epochs = 1\nclip_grad_norm = 5.0\n\
+         label_smoothing = 0.1",
+    ))
+    .replacing("learning_rate = 0.005", "learning_rate = 0.05")
+    .replacing("optimizer = \"adam\"", "optimizer = \"sgd\"");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("out/metrics.json");
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() > 0.6, "{metrics:#}");
+    let training = &metrics["metadata"]["training"];
+    assert_eq!(training["optimizer"]["nesterov"], true);
+    assert_eq!(training["schedule"]["kind"], "cosine");
+    let rates: Vec<f64> = metrics["metadata"]["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|epoch| epoch["learning_rate"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 3);
+    assert!((rates[0] - 0.05).abs() < 1e-12, "the warm-up epoch ends at the base rate: {rates:?}");
+    assert!((rates[2] - 0.001).abs() < 1e-12, "the last step is at the floor: {rates:?}");
+}
+
+#[test]
+fn early_stopping_holds_out_a_validation_set_and_keeps_the_best_epoch() {
+    // Forty epochs of a large learning rate on 160 images: the validation loss bottoms out
+    // early and climbs as the model overfits.
+    let project = Project::with_config(&small_config(
+        "validation_fraction = 0.2\nearly_stopping = { metric = \"loss\", patience = 2 }",
+    ))
+    .replacing("epochs = 3", "epochs = 40");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metadata = project.json("out/metrics.json")["metadata"].clone();
+    assert_eq!(metadata["datasets"]["train"], 160);
+    assert_eq!(metadata["datasets"]["validation"], 40);
+    let epochs = metadata["epochs"].as_array().unwrap();
+    assert!(epochs.len() < 40, "stopped after {} epochs", epochs.len());
+    let best = metadata["best_epoch"].as_u64().unwrap() as usize;
+    assert_eq!(best + 2, epochs.len(), "patience 2: two epochs past the best");
+    let losses: Vec<f64> =
+        epochs.iter().map(|epoch| epoch["validation_loss"].as_f64().unwrap()).collect();
+    let lowest = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(losses[best - 1], lowest, "the kept epoch has the lowest validation loss");
+}
+
+#[test]
+fn adamw_and_step_decay_train() {
+    let project = Project::with_config(&small_config(
+        "schedule = \"step\"\nstep_size = 1\ngamma = 0.5\nweight_decay = 0.01",
+    ))
+    .replacing("optimizer = \"adam\"", "optimizer = \"adamw\"");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("out/metrics.json");
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() > 0.6);
+    assert_eq!(metrics["metadata"]["training"]["optimizer"]["kind"], "adamw");
+    let last = &metrics["metadata"]["epochs"][2]["learning_rate"];
+    assert!((last.as_f64().unwrap() - 0.005 * 0.25).abs() < 1e-12, "{last}");
 }
