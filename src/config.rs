@@ -49,6 +49,7 @@ pub struct DataConfig {
     pub test: PathBuf,
     /// Where each dataset comes from: `train` first, then `test`.
     pub sources: Vec<DatasetSource>,
+    pub layout: Layout,
     pub color: Color,
     /// Height and width every image is resized to, in pixels.
     pub image_size: [u32; 2],
@@ -413,7 +414,6 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawData {
     #[serde(default)]
-    #[expect(dead_code, reason = "read only to reject other layouts; image folders are the one")]
     layout: Layout,
     train: Spanned<RawSource>,
     test: Spanned<RawSource>,
@@ -464,11 +464,15 @@ impl<'de> Deserialize<'de> for RawSource {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// How a dataset folder holds its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-enum Layout {
+pub enum Layout {
+    /// One sub-folder per class, as torchvision's `ImageFolder`.
     #[default]
     ImageFolder,
+    /// `images-idx3-ubyte` and `labels-idx1-ubyte`, raw or gzip, as MNIST is distributed.
+    Idx,
 }
 
 fn default_color() -> Color {
@@ -894,6 +898,7 @@ impl RawConfig {
                 train: sources[0].path.clone(),
                 test: sources[1].path.clone(),
                 sources,
+                layout: self.data.layout,
                 color: self.data.color,
                 image_size: self.data.image_size,
                 mean,

@@ -17,6 +17,7 @@ pub mod datasets;
 pub mod fetch;
 pub mod forge;
 pub mod gate;
+pub mod idx;
 pub mod metrics;
 pub mod publish;
 pub mod report;

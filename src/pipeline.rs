@@ -22,11 +22,12 @@ use tch::Tensor;
 use tch::nn;
 
 use crate::atomic;
-use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
+use crate::config::{Config, Layout, ModelConfig, Optimizer, TrainConfig};
 use crate::data::{self, Dataset};
 use crate::evaluate;
 use crate::gate::input::{self, BaselineSource, RunInput};
 use crate::gate::{self, METRICS_SCHEMA, Outcome, Verdict};
+use crate::idx;
 use crate::metrics::{self, ConfusionMatrix, Metrics, Prediction};
 use crate::model;
 use crate::report::{self, RunSummary};
@@ -292,6 +293,7 @@ fn fingerprint(
 ) -> anyhow::Result<Digest> {
     #[derive(Serialize)]
     struct Inputs<'a> {
+        layout: Layout,
         color: crate::config::Color,
         image_size: [u32; 2],
         mean: &'a [f32],
@@ -302,6 +304,7 @@ fn fingerprint(
         threads: usize,
     }
     let inputs = Inputs {
+        layout: config.data.layout,
         color: config.data.color,
         image_size: config.data.image_size,
         mean: &config.data.mean,
@@ -518,6 +521,12 @@ fn read_baseline(
 }
 
 fn load_datasets(config: &Config, ui: &Ui) -> anyhow::Result<(Dataset, Dataset)> {
+    if config.data.layout == Layout::Idx {
+        let classes = idx::classes(&config.data.train)?;
+        let train = idx::load(&config.data.train, &classes, &config.data)?;
+        let test = idx::load(&config.data.test, &classes, &config.data)?;
+        return Ok((train, test));
+    }
     let train = data::scan(&config.data.train)?;
     let test = data::scan(&config.data.test)?;
     data::check_same_classes(&train, &test)?;

@@ -472,3 +472,63 @@ fn adamw_and_step_decay_train() {
     let last = &metrics["metadata"]["epochs"][2]["learning_rate"];
     assert!((last.as_f64().unwrap() - 0.005 * 0.25).abs() < 1e-12, "{last}");
 }
+
+/// Writes the PNGs of `split` as gzip-compressed IDX files in `to`, in sorted path order.
+fn write_idx(project: &Project, split: &str, to: &str) {
+    use std::io::Write;
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for digit in 0..10u8 {
+        let folder = project.path(&format!("data/{split}/{digit}"));
+        let mut names: Vec<_> =
+            std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for name in names {
+            images.extend(image::open(&name).unwrap().to_luma8().into_raw());
+            labels.push(digit);
+        }
+    }
+    let header = |dimensions: &[u32]| {
+        let mut bytes = vec![0, 0, 0x08, dimensions.len() as u8];
+        dimensions.iter().for_each(|size| bytes.extend_from_slice(&size.to_be_bytes()));
+        bytes
+    };
+    let count = labels.len() as u32;
+    let files = [
+        ("images-idx3-ubyte.gz", [header(&[count, 28, 28]), images].concat()),
+        ("labels-idx1-ubyte.gz", [header(&[count]), labels].concat()),
+    ];
+    for (name, bytes) in files {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&bytes).unwrap();
+        project.write(&format!("{to}/{name}"), &gzip.finish().unwrap());
+    }
+}
+
+#[test]
+fn an_idx_dataset_trains_like_its_image_folders() {
+    let project = Project::new()
+        .replacing("train = \"data/train\"", "layout = \"idx\"\ntrain = \"idx/train\"")
+        .replacing("test = \"data/test\"", "test = \"idx/test\"");
+    write_idx(&project, "train", "idx/train");
+    write_idx(&project, "test", "idx/test");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("out/metrics.json");
+    assert_eq!(metrics["metadata"]["datasets"]["train"], 200);
+    assert_eq!(metrics["metadata"]["datasets"]["test"], 100);
+    assert_eq!(metrics["classes"][9], "9");
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() > 0.6, "{metrics:#}");
+    let predictions = std::fs::read_to_string(project.path("out/predictions.jsonl")).unwrap();
+    assert!(predictions.starts_with("{\"id\":\"00000\",\"label\":0,"), "{predictions}");
+
+    // A truncated label file is named, with what is wrong.
+    let labels = project.path("idx/test/labels-idx1-ubyte.gz");
+    std::fs::remove_file(&labels).unwrap();
+    project.write("idx/test/labels-idx1-ubyte", &[0, 0, 8, 1, 0, 0, 0, 100, 1, 2]);
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("labels-idx1-ubyte is not an IDX file"), "{message}");
+    assert!(message.contains("promises 100 bytes of data (100) but 2 follow"), "{message}");
+}
