@@ -4,7 +4,7 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::data::Sample;
-use crate::metrics::Prediction;
+use crate::metrics::{Prediction, TOP_K};
 use crate::model;
 
 /// Samples per forward pass. Evaluation keeps no gradients, so this only bounds memory.
@@ -32,17 +32,23 @@ pub fn predict(
             let (best, predicted) = log_probabilities.max_dim(-1, false);
             let losses =
                 -log_probabilities.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
+            let classes = log_probabilities.size()[1];
+            let ranked = TOP_K.min(classes as usize) as i64;
+            let (_, top) = log_probabilities.topk(ranked, -1, true, true);
             let best = Vec::<f32>::try_from(&best)?;
             let predicted = Vec::<i64>::try_from(&predicted)?;
             let losses = Vec::<f32>::try_from(&losses)?;
+            let top = Vec::<i64>::try_from(&top.flatten(0, -1))?;
 
             for (index, sample) in batch_samples.iter().enumerate() {
+                let row = &top[index * ranked as usize..(index + 1) * ranked as usize];
                 predictions.push(Prediction {
                     id: sample.id.clone(),
                     label: sample.label,
                     prediction: predicted[index] as usize,
                     confidence: f64::from(best[index]).exp(),
                     loss: f64::from(losses[index]),
+                    top: row.iter().map(|&class| class as usize).collect(),
                 });
             }
             start += length;

@@ -469,6 +469,23 @@ fn adamw_and_step_decay_train() {
     let metrics = project.json("out/metrics.json");
     assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() > 0.6);
     assert_eq!(metrics["metadata"]["training"]["optimizer"]["kind"], "adamw");
+    let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    let top_5 = metrics["metrics"]["top_5_accuracy"].as_f64().unwrap();
+    assert!(top_5 >= accuracy && top_5 <= 1.0, "{top_5} vs {accuracy}");
+    let calibration = metrics["metrics"]["calibration_error"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&calibration), "{calibration}");
+    let weighted = &metrics["metrics"]["weighted"];
+    assert!((weighted["recall"].as_f64().unwrap() - accuracy).abs() < 1e-9, "weighted recall");
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(project.path("out/predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["top"].as_array().unwrap().len(), 5);
+    assert_eq!(first["top"][0], first["prediction"]);
     let last = &metrics["metadata"]["epochs"][2]["learning_rate"];
     assert!((last.as_f64().unwrap() - 0.005 * 0.25).abs() < 1e-12, "{last}");
 }

@@ -197,6 +197,8 @@ struct PredictionLine {
     confidence: Option<f64>,
     #[serde(default)]
     loss: Option<f64>,
+    #[serde(default)]
+    top: Vec<usize>,
 }
 
 /// Parses a predictions file; `origin` names it in errors.
@@ -219,6 +221,7 @@ pub fn parse_predictions(text: &str, origin: &str) -> Result<Vec<Prediction>, In
             prediction: parsed.prediction,
             confidence: parsed.confidence.unwrap_or(f64::NAN),
             loss: parsed.loss.unwrap_or(f64::NAN),
+            top: parsed.top,
         });
     }
     Ok(predictions)

@@ -37,6 +37,7 @@ fn predictions(count: usize, right: usize) -> Vec<Prediction> {
             prediction: if i < right { i % 2 } else { 1 - i % 2 },
             confidence: 0.9,
             loss: if i < right { 0.1 } else { 2.0 },
+            top: Vec::new(),
         })
         .collect()
 }

@@ -14,6 +14,7 @@ fn predictions(right: usize) -> Vec<Prediction> {
             prediction: if i < right { i % 3 } else { (i + 1) % 3 },
             confidence: 0.9,
             loss: if i < right { 0.1 } else { 1.5 },
+            top: Vec::new(),
         })
         .collect()
 }
