@@ -29,6 +29,8 @@ impl From<Exit> for std::process::ExitCode {
 pub fn execute(cli: Cli, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Run(args) => run(args, ui, stdout),
+        Command::Train(args) => train(args, ui, stdout),
+        Command::Evaluate(args) => evaluate(args, ui, stdout),
         Command::Gate(args) => gate(args, ui, stdout),
         Command::Comment(args) => comment(args, ui, stdout),
         Command::Doctor => doctor(stdout),
@@ -251,6 +253,68 @@ fn run(args: crate::cli::RunArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Re
     }
     let exit = if pipeline::verdict_is_failure(&result) { Exit::Regression } else { Exit::Success };
     Ok(publish_stage(exit, &result.report, &options.label, &args_publish, ui, stdout))
+}
+
+#[cfg(feature = "torch")]
+fn train(args: crate::cli::TrainArgs, ui: &Ui, stdout: &mut dyn Write) -> anyhow::Result<Exit> {
+    let trained = crate::pipeline::train_only(&args.config, args.output.as_deref(), ui)?;
+    let mut text = format!(
+        "trained for {} epochs on {} images ({:.0} samples/s, {:.1} s)\n",
+        trained.report.epochs.len(),
+        trained.images,
+        trained.report.samples_per_second,
+        trained.report.seconds
+    );
+    if let Some(best) = trained.report.best_epoch {
+        text.push_str(&format!("early stopping kept epoch {best}'s weights\n"));
+    }
+    text.push_str(&format!("checkpoint: {}\n", trained.output.display()));
+    write_out(stdout, &text)?;
+    Ok(Exit::Success)
+}
+
+#[cfg(feature = "torch")]
+fn evaluate(
+    args: crate::cli::EvaluateArgs,
+    ui: &Ui,
+    stdout: &mut dyn Write,
+) -> anyhow::Result<Exit> {
+    let evaluated = crate::evaluate::evaluate_checkpoint(
+        &args.checkpoint,
+        &args.data,
+        &args.output,
+        args.device,
+        ui,
+    )?;
+    let metrics = &evaluated.metrics;
+    write_out(
+        stdout,
+        &format!(
+            "evaluated {} samples: accuracy {:.4}, loss {:.4}, macro F1 {:.4}\nmetrics: {}\n",
+            evaluated.samples,
+            metrics.accuracy,
+            metrics.loss,
+            metrics.macro_average.f1,
+            evaluated.output.join(crate::pipeline::METRICS_FILE).display()
+        ),
+    )?;
+    Ok(Exit::Success)
+}
+
+#[cfg(not(feature = "torch"))]
+fn train(_: crate::cli::TrainArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!(
+        "this modelci was built without the `torch` feature, so it cannot train\nhint: use a \
+         build with libtorch"
+    )
+}
+
+#[cfg(not(feature = "torch"))]
+fn evaluate(_: crate::cli::EvaluateArgs, _: &Ui, _: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::bail!(
+        "this modelci was built without the `torch` feature, so it cannot evaluate a model\n\
+         hint: use a build with libtorch"
+    )
 }
 
 #[cfg(not(feature = "torch"))]

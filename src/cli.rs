@@ -29,6 +29,12 @@ pub struct Cli {
 pub enum Command {
     /// Train, evaluate, gate against the baseline, and write the run folder and the report.
     Run(RunArgs),
+    /// Train the configured model on the training set and write a checkpoint folder
+    /// (model.safetensors and model.json); no test set, no gate.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint (a run folder, or the output of `train`) on a dataset with the
+    /// checkpoint's classes, and write metrics.json and predictions.jsonl.
+    Evaluate(EvaluateArgs),
     /// Compare metrics produced anywhere with a baseline, and write the verdict and reports.
     Gate(GateArgs),
     /// Post a report as the sticky comment on the pull request or merge request.
@@ -46,6 +52,36 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_FILE, value_name = "PATH")]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The config file; paths inside it are relative to its folder.
+    #[arg(long, short, default_value = DEFAULT_FILE, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// Where to write the checkpoint [default: output.dir from the config].
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The checkpoint folder, holding model.safetensors and model.json.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+
+    /// The dataset to evaluate on, in the layout the checkpoint was trained with.
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+
+    /// Where to write metrics.json and predictions.jsonl.
+    #[arg(long, short, default_value = "modelci-output", value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: crate::config::Device,
 }
 
 #[derive(Debug, Args)]

@@ -56,3 +56,73 @@ pub fn predict(
         Ok(predictions)
     })
 }
+
+/// What `modelci evaluate` wrote.
+#[derive(Debug)]
+pub struct Evaluated {
+    pub metrics: crate::metrics::Metrics,
+    pub output: std::path::PathBuf,
+    pub samples: usize,
+}
+
+/// `modelci evaluate`: the checkpoint in `checkpoint_dir` (a run folder or the output of
+/// `modelci train`) on the dataset at `data`, which must have the checkpoint's classes; writes
+/// `metrics.json` and `predictions.jsonl` to `output`.
+pub fn evaluate_checkpoint(
+    checkpoint_dir: &std::path::Path,
+    data: &std::path::Path,
+    output: &std::path::Path,
+    device: crate::config::Device,
+    ui: &crate::ui::Ui,
+) -> anyhow::Result<Evaluated> {
+    use anyhow::Context;
+
+    use crate::checkpoint::{self, Checkpoint};
+    use crate::pipeline;
+
+    let started = std::time::Instant::now();
+    let description = Checkpoint::read(checkpoint_dir)?;
+    let device = crate::torch::choose_device(device)?;
+    let data_config = description.data_config(data);
+    let expected = crate::data::Listing {
+        root: checkpoint_dir.to_path_buf(),
+        classes: description.classes.clone(),
+        samples: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let dataset = pipeline::load_dataset(data, &data_config, Some(&expected), ui)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    let mut vs = nn::VarStore::new(device.device);
+    let network =
+        model::build(&vs.root(), &description.model, dataset.shape, description.classes.len());
+    checkpoint::load_weights(&mut vs, checkpoint_dir)?;
+    let started = std::time::Instant::now();
+    let images = pipeline::images_tensor(&dataset, device.device);
+    let predictions = predict(&network, &images, &dataset.listing.samples)
+        .context("libtorch failed while evaluating")?;
+    let (metrics, confusion) = crate::metrics::compute(&predictions, &description.classes);
+    let evaluate_seconds = started.elapsed().as_secs_f64();
+
+    let file = serde_json::json!({
+        "schema": crate::gate::METRICS_SCHEMA,
+        "metrics": metrics,
+        "classes": description.classes,
+        "confusion_matrix": confusion,
+        "metadata": {
+            "modelci_version": env!("CARGO_PKG_VERSION"),
+            "libtorch_version": crate::torch::LIBTORCH_VERSION,
+            "device": device.name,
+            "checkpoint": checkpoint_dir.display().to_string(),
+            "model": description.model,
+            "datasets": { "test": dataset.len(), "classes": description.classes.len() },
+            "durations": { "load_seconds": load_seconds, "evaluate_seconds": evaluate_seconds },
+        },
+    });
+    crate::atomic::write(&output.join(pipeline::METRICS_FILE), &pipeline::to_json(&file)?)?;
+    crate::atomic::write(
+        &output.join(pipeline::PREDICTIONS_FILE),
+        &pipeline::predictions_lines(&predictions)?,
+    )?;
+    Ok(Evaluated { metrics, output: output.to_path_buf(), samples: dataset.len() })
+}

@@ -28,6 +28,8 @@ pub mod store;
 pub mod ui;
 
 #[cfg(feature = "torch")]
+pub mod checkpoint;
+#[cfg(feature = "torch")]
 pub mod evaluate;
 #[cfg(feature = "torch")]
 pub mod model;

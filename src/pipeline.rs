@@ -22,6 +22,7 @@ use tch::Tensor;
 use tch::nn;
 
 use crate::atomic;
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, Layout, ModelConfig, Optimizer, TrainConfig};
 use crate::data::{self, Dataset};
 use crate::evaluate;
@@ -40,7 +41,7 @@ use crate::ui::Ui;
 pub use crate::gate::input::{METRICS_FILE, PREDICTIONS_FILE};
 
 /// The trained parameters, in the safetensors format.
-pub const CHECKPOINT_FILE: &str = "model.safetensors";
+pub const CHECKPOINT_FILE: &str = checkpoint::WEIGHTS_FILE;
 
 /// What `modelci run` was asked to do, beyond the config.
 #[derive(Debug, Clone)]
@@ -333,12 +334,15 @@ struct RunFiles {
     metrics: Vec<u8>,
     predictions: Vec<u8>,
     checkpoint: Vec<u8>,
+    /// `model.json`, which makes the run folder a checkpoint `modelci evaluate` can use.
+    description: Vec<u8>,
 }
 
 impl RunFiles {
-    fn named(&self) -> [(&'static str, &[u8]); 3] {
+    fn named(&self) -> [(&'static str, &[u8]); 4] {
         [
             (CHECKPOINT_FILE, &self.checkpoint),
+            (checkpoint::DESCRIPTION_FILE, &self.description),
             (METRICS_FILE, &self.metrics),
             (PREDICTIONS_FILE, &self.predictions),
         ]
@@ -351,6 +355,7 @@ impl RunFiles {
             metrics: files.remove(METRICS_FILE)?,
             predictions: files.remove(PREDICTIONS_FILE)?,
             checkpoint: files.remove(CHECKPOINT_FILE)?,
+            description: files.remove(checkpoint::DESCRIPTION_FILE)?,
         })
     }
 
@@ -362,36 +367,37 @@ impl RunFiles {
     }
 }
 
-/// Loads the datasets, trains, evaluates: the run's files and the report's summary line.
-fn train_and_evaluate(
+/// A trained model and how its training went.
+pub struct Fitted {
+    pub vs: nn::VarStore,
+    pub network: nn::Sequential,
+    pub trained: train::TrainReport,
+    /// Images held out of the training set for validation.
+    pub validation_size: usize,
+}
+
+/// The images of `dataset` as one `[n, channels, height, width]` tensor on `device`.
+pub fn images_tensor(dataset: &Dataset, device: tch::Device) -> Tensor {
+    let [channels, height, width] = dataset.shape.map(|size| size as i64);
+    Tensor::from_slice(&dataset.pixels)
+        .view([dataset.len() as i64, channels, height, width])
+        .to_device(device)
+}
+
+/// Builds the configured model and trains it on `train_set` (less its validation part).
+/// libtorch's threads and seed must be set before.
+pub fn fit(
     config: &Config,
     device: &ChosenDevice,
-    digests: &DatasetDigests,
-    fingerprint: &Digest,
+    train_set: &Dataset,
     ui: &Ui,
-) -> anyhow::Result<(RunFiles, String)> {
-    // Threads first: libtorch sizes its pools on first use.
-    tch::set_num_threads(config.train.threads as i32);
-    tch::set_num_interop_threads(config.train.threads as i32);
-    tch::manual_seed(config.train.seed as i64);
-
-    let started = Instant::now();
-    let (train_set, test_set) = load_datasets(config, ui)?;
-    let load_seconds = started.elapsed().as_secs_f64();
-    let shape = train_set.shape;
-    let to_tensor = |dataset: &Dataset| {
-        let [channels, height, width] = dataset.shape.map(|size| size as i64);
-        Tensor::from_slice(&dataset.pixels)
-            .view([dataset.len() as i64, channels, height, width])
-            .to_device(device.device)
-    };
-    let train_images = to_tensor(&train_set);
+) -> anyhow::Result<Fitted> {
+    let train_images = images_tensor(train_set, device.device);
     let train_labels = Tensor::from_slice(&train_set.labels()).to_device(device.device);
-    let test_images = to_tensor(&test_set);
-    let classes = train_set.listing.classes.clone();
+    let classes = &train_set.listing.classes;
 
     let vs = nn::VarStore::new(device.device);
-    let network = model::build(&vs.root(), &config.model, shape, classes.len());
+    let network = model::build(&vs.root(), &config.model, train_set.shape, classes.len());
     ui.status(format!(
         "training {} ({} parameters) on {} images, {} classes, {}",
         model_kind(&config.model),
@@ -419,10 +425,38 @@ fn train_and_evaluate(
     let validation_size = validation.as_ref().map_or(0, |held| held.images.size()[0] as usize);
     let batches = train::Batches { images: fit_images, labels: fit_labels };
     let trained = train::train(&vs, &network, batches, validation, &config.train, ui)?;
-    let checkpoint = checkpoint_bytes(&vs)?;
+    Ok(Fitted { vs, network, trained, validation_size })
+}
+
+/// Sets libtorch's thread counts and seed from the config: before anything else touches
+/// libtorch, since it sizes its pools on first use.
+pub fn prepare_libtorch(config: &Config) {
+    tch::set_num_threads(config.train.threads as i32);
+    tch::set_num_interop_threads(config.train.threads as i32);
+    tch::manual_seed(config.train.seed as i64);
+}
+
+/// Loads the datasets, trains, evaluates: the run's files and the report's summary line.
+fn train_and_evaluate(
+    config: &Config,
+    device: &ChosenDevice,
+    digests: &DatasetDigests,
+    fingerprint: &Digest,
+    ui: &Ui,
+) -> anyhow::Result<(RunFiles, String)> {
+    prepare_libtorch(config);
+    let started = Instant::now();
+    let (train_set, test_set) = load_datasets(config, ui)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let fitted = fit(config, device, &train_set, ui)?;
+    let Fitted { vs, network, trained, validation_size } = &fitted;
+    let classes = train_set.listing.classes.clone();
+    let checkpoint = checkpoint::weights(vs)?;
+    let description = Checkpoint::new(&config.model, &config.data, &classes).to_json()?;
+    let test_images = images_tensor(&test_set, device.device);
 
     let started = Instant::now();
-    let predictions = evaluate::predict(&network, &test_images, &test_set.listing.samples)
+    let predictions = evaluate::predict(network, &test_images, &test_set.listing.samples)
         .context("libtorch failed while evaluating")?;
     let (metrics, confusion) = metrics::compute(&predictions, &classes);
     let evaluate_seconds = started.elapsed().as_secs_f64();
@@ -445,11 +479,11 @@ fn train_and_evaluate(
             seed: config.train.seed,
             threads: config.train.threads,
             fingerprint: fingerprint.hex(),
-            model: describe_model(&config.model, parameter_count(&vs)),
+            model: describe_model(&config.model, parameter_count(vs)),
             training: describe_training(&config.train),
             datasets: DatasetSizes {
                 train: train_set.len() - validation_size,
-                validation: validation_size,
+                validation: *validation_size,
                 test: test_set.len(),
                 classes: classes.len(),
                 digests,
@@ -482,20 +516,9 @@ fn train_and_evaluate(
         metrics: to_json(&metrics_file)?,
         predictions: predictions_lines(&predictions)?,
         checkpoint,
+        description,
     };
     Ok((files, summary))
-}
-
-/// The trained parameters in the safetensors format, by their names in the model.
-fn checkpoint_bytes(vs: &nn::VarStore) -> anyhow::Result<Vec<u8>> {
-    // tch writes safetensors only to a path whose name ends in `.safetensors`.
-    let scratch = tempfile::Builder::new()
-        .prefix("modelci-checkpoint-")
-        .suffix(".safetensors")
-        .tempfile()
-        .context("cannot create a temporary file for the checkpoint")?;
-    vs.save(scratch.path()).context("libtorch failed to save the checkpoint")?;
-    Ok(fs_err::read(scratch.path())?)
 }
 
 /// The baseline, or `None` when there is none and that is allowed.
@@ -521,43 +544,58 @@ fn read_baseline(
 }
 
 fn load_datasets(config: &Config, ui: &Ui) -> anyhow::Result<(Dataset, Dataset)> {
-    if config.data.layout == Layout::Idx {
-        let classes = idx::classes(&config.data.train)?;
-        let train = idx::load(&config.data.train, &classes, &config.data)?;
-        let test = idx::load(&config.data.test, &classes, &config.data)?;
-        return Ok((train, test));
-    }
-    let train = data::scan(&config.data.train)?;
-    let test = data::scan(&config.data.test)?;
-    data::check_same_classes(&train, &test)?;
-    for listing in [&train, &test] {
-        if let Some(first) = listing.skipped.first() {
-            ui.warn(format!(
-                "skipped {} file(s) in {} that are not images in class folders, e.g. {}",
-                listing.skipped.len(),
-                listing.root.display(),
-                first.display()
-            ));
-        }
-    }
+    let train = load_dataset(&config.data.train, &config.data, None, ui)?;
+    let test = load_dataset(&config.data.test, &config.data, Some(&train.listing), ui)?;
+    Ok((train, test))
+}
 
-    let total = (train.samples.len() + test.samples.len()) as u64;
-    let bar = ui.bar(total, "loading");
+/// Loads the dataset at `path`. With `classes_of`, the dataset must have that listing's class
+/// map (a test set, against the training set or a checkpoint).
+pub fn load_dataset(
+    path: &Path,
+    data: &crate::config::DataConfig,
+    classes_of: Option<&data::Listing>,
+    ui: &Ui,
+) -> anyhow::Result<Dataset> {
+    if data.layout == Layout::Idx {
+        let classes = match classes_of {
+            Some(listing) => listing
+                .classes
+                .iter()
+                .map(|name| name.parse::<u8>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("an IDX dataset's classes are label values from 0 to 255")?,
+            None => idx::classes(path)?,
+        };
+        return Ok(idx::load(path, &classes, data)?);
+    }
+    let listing = data::scan(path)?;
+    if let Some(expected) = classes_of {
+        data::check_same_classes(expected, &listing)?;
+    }
+    if let Some(first) = listing.skipped.first() {
+        ui.warn(format!(
+            "skipped {} file(s) in {} that are not images in class folders, e.g. {}",
+            listing.skipped.len(),
+            listing.root.display(),
+            first.display()
+        ));
+    }
+    let bar = ui.bar(listing.samples.len() as u64, "loading");
     let tick = || bar.inc(1);
-    let decoded = data::decode(train, &config.data, &tick)
-        .and_then(|train| Ok((train, data::decode(test, &config.data, &tick)?)));
+    let decoded = data::decode(listing, data, &tick);
     bar.finish_and_clear();
     Ok(decoded?)
 }
 
-fn model_kind(model: &ModelConfig) -> &'static str {
+pub(crate) fn model_kind(model: &ModelConfig) -> &'static str {
     match model {
         ModelConfig::Mlp { .. } => "mlp",
         ModelConfig::Cnn { .. } => "cnn",
     }
 }
 
-fn parameter_count(vs: &nn::VarStore) -> i64 {
+pub(crate) fn parameter_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
 }
 
@@ -589,13 +627,13 @@ fn describe_training(train: &TrainConfig) -> TrainingDescription {
     }
 }
 
-fn to_json(value: &impl Serialize) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn to_json(value: &impl Serialize) -> anyhow::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
     Ok(bytes)
 }
 
-fn predictions_lines(predictions: &[Prediction]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn predictions_lines(predictions: &[Prediction]) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     for prediction in predictions {
         serde_json::to_writer(&mut bytes, prediction)?;
@@ -607,4 +645,29 @@ fn predictions_lines(predictions: &[Prediction]) -> anyhow::Result<Vec<u8>> {
 /// The exit status `modelci run` ends with for a verdict.
 pub fn verdict_is_failure(result: &RunResult) -> bool {
     result.outcome.verdict == Verdict::Fail && !result.baseline_updated
+}
+
+/// What `modelci train` wrote.
+#[derive(Debug)]
+pub struct Trained {
+    /// The checkpoint folder: `model.safetensors` and `model.json`.
+    pub output: PathBuf,
+    pub report: train::TrainReport,
+    pub images: usize,
+}
+
+/// `modelci train`: trains as `modelci run` would, on the training set alone, and writes the
+/// checkpoint folder; there is no evaluation and no gate.
+pub fn train_only(config_path: &Path, output: Option<&Path>, ui: &Ui) -> anyhow::Result<Trained> {
+    let config = Config::load(config_path)?;
+    let output = output.map_or_else(|| config.output.dir.clone(), Path::to_path_buf);
+    let device = torch::choose_device(config.train.device)?;
+    ui.debug(format!("device {} ({})", device.name, device.reason));
+    prepare_libtorch(&config);
+    let train_set = load_dataset(&config.data.train, &config.data, None, ui)?;
+    let fitted = fit(&config, &device, &train_set, ui)?;
+    let description = Checkpoint::new(&config.model, &config.data, &train_set.listing.classes);
+    atomic::write(&output.join(CHECKPOINT_FILE), &checkpoint::weights(&fitted.vs)?)?;
+    atomic::write(&output.join(checkpoint::DESCRIPTION_FILE), &description.to_json()?)?;
+    Ok(Trained { output, report: fitted.trained, images: train_set.len() - fitted.validation_size })
 }

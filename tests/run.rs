@@ -549,3 +549,77 @@ fn an_idx_dataset_trains_like_its_image_folders() {
     assert!(message.contains("labels-idx1-ubyte is not an IDX file"), "{message}");
     assert!(message.contains("promises 100 bytes of data (100) but 2 follow"), "{message}");
 }
+
+fn modelci(dir: &Path, arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_modelci")).current_dir(dir).args(arguments).output().unwrap()
+}
+
+#[test]
+fn train_then_evaluate_reproduces_the_run_from_the_checkpoint_alone() {
+    let project = Project::new();
+    assert_eq!(project.run(&["--output", "run"]).status.code(), Some(0));
+
+    let trained = modelci(project.path("").as_path(), &["--quiet", "train", "--output", "ckpt"]);
+    assert_eq!(trained.status.code(), Some(0), "{}", stderr(&trained));
+    assert!(
+        stdout(&trained).contains("trained for 3 epochs on 200 images"),
+        "{}",
+        stdout(&trained)
+    );
+    let description = project.json("ckpt/model.json");
+    assert_eq!(description["schema"], "modelci.checkpoint/v1");
+    assert_eq!(description["model"]["kind"], "mlp");
+    assert_eq!(description["classes"].as_array().unwrap().len(), 10);
+
+    // Elsewhere, with no config: the checkpoint and the data are enough.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let checkpoint = project.path("ckpt");
+    let data = project.path("data/test");
+    let evaluated = modelci(
+        elsewhere.path(),
+        &[
+            "--quiet",
+            "evaluate",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    let metrics: Value = serde_json::from_slice(
+        &std::fs::read(elsewhere.path().join("modelci-output/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    // Same seed, same data: the very model `run` trained, so the same predictions.
+    assert_eq!(metrics["metrics"], project.json("run/metrics.json")["metrics"]);
+    assert_eq!(
+        std::fs::read(elsewhere.path().join("modelci-output/predictions.jsonl")).unwrap(),
+        std::fs::read(project.path("run/predictions.jsonl")).unwrap()
+    );
+    // The run folder is a checkpoint too.
+    assert!(project.path("run/model.json").is_file());
+
+    // Another class set is refused, naming both.
+    std::fs::rename(project.path("data/test/9"), project.path("data/test/nine")).unwrap();
+    let refused = modelci(
+        elsewhere.path(),
+        &[
+            "evaluate",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("classes differ"), "{}", stderr(&refused));
+    let not_a_checkpoint = modelci(
+        elsewhere.path(),
+        &["evaluate", "--checkpoint", data.to_str().unwrap(), "--data", data.to_str().unwrap()],
+    );
+    assert_eq!(not_a_checkpoint.status.code(), Some(2));
+    assert!(stderr(&not_a_checkpoint).contains("is not a modelci checkpoint"));
+}
