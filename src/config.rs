@@ -108,6 +108,14 @@ pub enum ModelConfig {
     /// 3×3 convolution blocks (conv, ReLU, 2×2 max-pool) of the given output channels, then
     /// fully connected layers of the given widths, then the classifier.
     Cnn { channels: Vec<usize>, hidden: Vec<usize> },
+    /// One fully connected layer from the pixels to the classes: logistic regression.
+    Linear,
+    /// A small residual network: a 3×3 stem and a 2×2 max-pool, then one stage per entry of
+    /// `channels`, each of
+    /// `blocks` residual blocks (two 3×3 convolutions with group normalisation and a skip
+    /// connection; every stage after the first halves the feature map), global average
+    /// pooling, then the classifier.
+    Resnet { channels: Vec<usize>, blocks: usize },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -484,15 +492,18 @@ fn default_color() -> Color {
 struct RawModel {
     kind: ModelKind,
     channels: Option<Spanned<Vec<usize>>>,
+    blocks: Option<Spanned<usize>>,
     #[serde(default)]
     hidden: Vec<usize>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, PartialEq)]
 #[serde(rename_all = "snake_case")]
 enum ModelKind {
     Mlp,
     Cnn,
+    Linear,
+    Resnet,
 }
 
 #[derive(Deserialize)]
@@ -705,7 +716,70 @@ impl RawConfig {
             .map(|(name, raw)| source(name, raw, base, &invalid))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let kind_name = match self.model.kind {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Cnn => "cnn",
+            ModelKind::Linear => "linear",
+            ModelKind::Resnet => "resnet",
+        };
+        if let Some(blocks) = &self.model.blocks
+            && self.model.kind != ModelKind::Resnet
+        {
+            return Err(invalid(
+                blocks.span(),
+                format!("model.blocks applies only to kind = \"resnet\", not \"{kind_name}\""),
+            ));
+        }
+        let needs_channels = |kind: &str, example: &str| ConfigError::InvalidFile {
+            path: path.to_path_buf(),
+            message: format!("model.kind = \"{kind}\" needs model.channels, {example}"),
+        };
         let model = match self.model.kind {
+            ModelKind::Linear => {
+                if let Some(channels) = &self.model.channels {
+                    return Err(invalid(
+                        channels.span(),
+                        "model.channels does not apply to kind = \"linear\"".to_string(),
+                    ));
+                }
+                if !self.model.hidden.is_empty() {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "model.hidden does not apply to kind = \"linear\"; use kind = \
+                                  \"mlp\" for hidden layers"
+                            .to_string(),
+                    });
+                }
+                ModelConfig::Linear
+            }
+            ModelKind::Resnet => {
+                let channels = self.model.channels.map(Spanned::into_inner).unwrap_or_default();
+                if channels.is_empty() {
+                    return Err(needs_channels(
+                        "resnet",
+                        "the width of each stage, e.g. channels = [16, 32]",
+                    ));
+                }
+                if !self.model.hidden.is_empty() {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "model.hidden does not apply to kind = \"resnet\": it pools \
+                                  straight into the classifier"
+                            .to_string(),
+                    });
+                }
+                let blocks = match self.model.blocks {
+                    Some(blocks) if *blocks.get_ref() == 0 => {
+                        return Err(invalid(
+                            blocks.span(),
+                            "model.blocks must be at least 1".into(),
+                        ));
+                    }
+                    Some(blocks) => blocks.into_inner(),
+                    None => 1,
+                };
+                ModelConfig::Resnet { channels, blocks }
+            }
             ModelKind::Mlp => {
                 if let Some(channels) = self.model.channels {
                     return Err(invalid(
@@ -720,12 +794,10 @@ impl RawConfig {
             ModelKind::Cnn => {
                 let channels = self.model.channels.map(Spanned::into_inner).unwrap_or_default();
                 if channels.is_empty() {
-                    return Err(ConfigError::InvalidFile {
-                        path: path.to_path_buf(),
-                        message: "model.kind = \"cnn\" needs model.channels, the output channels \
-                                  of each convolution block, e.g. channels = [16, 32]"
-                            .to_string(),
-                    });
+                    return Err(needs_channels(
+                        "cnn",
+                        "the output channels of each convolution block, e.g. channels = [16, 32]",
+                    ));
                 }
                 ModelConfig::Cnn { channels, hidden: self.model.hidden }
             }
@@ -733,6 +805,8 @@ impl RawConfig {
         let layer_sizes = match &model {
             ModelConfig::Mlp { hidden } => hidden.clone(),
             ModelConfig::Cnn { channels, hidden } => [channels.as_slice(), hidden].concat(),
+            ModelConfig::Linear => Vec::new(),
+            ModelConfig::Resnet { channels, .. } => channels.clone(),
         };
         if layer_sizes.contains(&0) {
             return Err(ConfigError::InvalidFile {
@@ -1220,6 +1294,26 @@ hidden = [32]
         ];
         for (body, expected) in cases {
             let message = error(&train(body));
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn linear_and_resnet_models_check_their_keys() {
+        let model = |body: &str| MINIMAL.replace("kind = \"mlp\"\nhidden = [32]", body);
+        assert_eq!(parse(&model("kind = \"linear\"")).unwrap().model, ModelConfig::Linear);
+        assert_eq!(
+            parse(&model("kind = \"resnet\"\nchannels = [8, 16]\nblocks = 2")).unwrap().model,
+            ModelConfig::Resnet { channels: vec![8, 16], blocks: 2 }
+        );
+        let cases = [
+            ("kind = \"linear\"\nhidden = [4]", "model.hidden does not apply to kind = \"linear\""),
+            ("kind = \"resnet\"", "needs model.channels, the width of each stage"),
+            ("kind = \"resnet\"\nchannels = [8]\nblocks = 0", "model.blocks must be at least 1"),
+            ("kind = \"cnn\"\nchannels = [8]\nblocks = 2", "applies only to kind = \"resnet\""),
+        ];
+        for (body, expected) in cases {
+            let message = error(&model(body));
             assert!(message.contains(expected), "{body}: {message}");
         }
     }

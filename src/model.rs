@@ -16,6 +16,10 @@ pub fn build(
     let mut features = channels * height * width;
     let hidden = match config {
         ModelConfig::Mlp { hidden } => hidden,
+        ModelConfig::Linear => &Vec::new(),
+        ModelConfig::Resnet { channels: stages, blocks } => {
+            return residual_network(vs, channels, stages, *blocks, classes);
+        }
         ModelConfig::Cnn { channels: blocks, hidden } => {
             let (mut depth, mut height, mut width) = (channels, height, width);
             let conv = nn::ConvConfig { padding: 1, ..Default::default() };
@@ -47,6 +51,103 @@ pub fn build(
     model.add(nn::linear(vs / "classifier", features, classes as i64, Default::default()))
 }
 
+/// The most groups, up to 8, that divide `channels` evenly: group normalisation works at any
+/// batch size and needs no train/eval switch, unlike batch normalisation.
+fn groups(channels: i64) -> i64 {
+    (1..=8).rev().find(|groups| channels % groups == 0).unwrap_or(1)
+}
+
+fn norm(vs: nn::Path, channels: i64) -> nn::GroupNorm {
+    nn::group_norm(vs, groups(channels), channels, Default::default())
+}
+
+/// Two 3×3 convolutions with a skip connection; a 1×1 convolution matches the skip's shape
+/// when the block changes the width or the stride.
+#[derive(Debug)]
+struct Residual {
+    first: nn::Conv2D,
+    first_norm: nn::GroupNorm,
+    second: nn::Conv2D,
+    second_norm: nn::GroupNorm,
+    shortcut: Option<(nn::Conv2D, nn::GroupNorm)>,
+}
+
+impl Residual {
+    fn new(vs: &nn::Path, input: i64, output: i64, stride: i64) -> Residual {
+        let conv =
+            |stride| nn::ConvConfig { padding: 1, stride, bias: false, ..Default::default() };
+        let shortcut = (stride != 1 || input != output).then(|| {
+            let config = nn::ConvConfig { stride, bias: false, ..Default::default() };
+            (
+                nn::conv2d(vs / "shortcut", input, output, 1, config),
+                norm(vs / "shortcut_norm", output),
+            )
+        });
+        Residual {
+            first: nn::conv2d(vs / "conv1", input, output, 3, conv(stride)),
+            first_norm: norm(vs / "norm1", output),
+            second: nn::conv2d(vs / "conv2", output, output, 3, conv(1)),
+            second_norm: norm(vs / "norm2", output),
+            shortcut,
+        }
+    }
+}
+
+impl Module for Residual {
+    fn forward(&self, xs: &tch::Tensor) -> tch::Tensor {
+        let main = xs
+            .apply(&self.first)
+            .apply(&self.first_norm)
+            .relu()
+            .apply(&self.second)
+            .apply(&self.second_norm);
+        let skip = match &self.shortcut {
+            Some((conv, norm)) => xs.apply(conv).apply(norm),
+            None => xs.shallow_clone(),
+        };
+        (main + skip).relu()
+    }
+}
+
+fn residual_network(
+    vs: &nn::Path,
+    input_channels: i64,
+    stages: &[usize],
+    blocks: usize,
+    classes: usize,
+) -> nn::Sequential {
+    let stem_width = stages[0] as i64;
+    let stem = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+    let mut model = nn::seq()
+        .add(nn::conv2d(vs / "stem", input_channels, stem_width, 3, stem))
+        .add(norm(vs / "stem_norm", stem_width))
+        .add_fn(|x| x.relu())
+        // As ResNet's stem does, halve the map before the stages (when it is big enough), so
+        // that their receptive field covers the image before the global pooling.
+        .add_fn(|x| {
+            if x.size()[2] >= 2 && x.size()[3] >= 2 {
+                x.max_pool2d_default(2)
+            } else {
+                x.shallow_clone()
+            }
+        });
+    let mut depth = stem_width;
+    for (stage, &width) in stages.iter().enumerate() {
+        for block in 0..blocks {
+            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+            let path = vs / format!("stage{stage}") / format!("block{block}");
+            model = model.add(Residual::new(&path, depth, width as i64, stride));
+            depth = width as i64;
+        }
+    }
+    model.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)).add(nn::linear(
+        vs / "classifier",
+        depth,
+        classes as i64,
+        Default::default(),
+    ))
+}
+
 /// Runs `model` on a batch.
 pub fn forward(model: &nn::Sequential, batch: &tch::Tensor) -> tch::Tensor {
     model.forward(batch)
@@ -72,5 +173,9 @@ mod tests {
         assert_eq!(output_shape(cnn.clone(), [1, 28, 28]), [3, 7]);
         // A 1×1 image cannot be pooled; the blocks keep its size.
         assert_eq!(output_shape(cnn, [1, 1, 1]), [3, 7]);
+        assert_eq!(output_shape(ModelConfig::Linear, [3, 5, 5]), [3, 7]);
+        let resnet = ModelConfig::Resnet { channels: vec![8, 16], blocks: 2 };
+        assert_eq!(output_shape(resnet.clone(), [1, 28, 28]), [3, 7]);
+        assert_eq!(output_shape(resnet, [3, 7, 9]), [3, 7], "odd sizes pool too");
     }
 }

@@ -103,10 +103,8 @@ struct Metadata<'a> {
 
 #[derive(Debug, Serialize)]
 struct ModelDescription<'a> {
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channels: Option<&'a [usize]>,
-    hidden: &'a [usize],
+    #[serde(flatten)]
+    config: &'a ModelConfig,
     parameters: i64,
 }
 
@@ -592,6 +590,8 @@ pub(crate) fn model_kind(model: &ModelConfig) -> &'static str {
     match model {
         ModelConfig::Mlp { .. } => "mlp",
         ModelConfig::Cnn { .. } => "cnn",
+        ModelConfig::Linear => "linear",
+        ModelConfig::Resnet { .. } => "resnet",
     }
 }
 
@@ -600,14 +600,7 @@ pub(crate) fn parameter_count(vs: &nn::VarStore) -> i64 {
 }
 
 fn describe_model(model: &ModelConfig, parameters: i64) -> ModelDescription<'_> {
-    match model {
-        ModelConfig::Mlp { hidden } => {
-            ModelDescription { kind: "mlp", channels: None, hidden, parameters }
-        }
-        ModelConfig::Cnn { channels, hidden } => {
-            ModelDescription { kind: "cnn", channels: Some(channels), hidden, parameters }
-        }
-    }
+    ModelDescription { config: model, parameters }
 }
 
 fn describe_training(train: &TrainConfig) -> TrainingDescription {

@@ -623,3 +623,30 @@ fn train_then_evaluate_reproduces_the_run_from_the_checkpoint_alone() {
     assert_eq!(not_a_checkpoint.status.code(), Some(2));
     assert!(stderr(&not_a_checkpoint).contains("is not a modelci checkpoint"));
 }
+
+#[test]
+fn linear_and_residual_models_train_and_evaluate_from_their_checkpoints() {
+    // The residual network learns more slowly from 200 images: it gets more epochs.
+    let models = [
+        ("kind = \"linear\"", "epochs = 3", 0.6),
+        ("kind = \"resnet\"\nchannels = [8, 16]\nblocks = 1", "epochs = 10", 0.45),
+    ];
+    for (model, epochs, floor) in models {
+        let project = Project::new()
+            .replacing("kind = \"mlp\"\nhidden = [32]", model)
+            .replacing("epochs = 3", epochs);
+        let output = project.run(&["--output", "run"]);
+        assert_eq!(output.status.code(), Some(0), "{model}: {}", stderr(&output));
+        let metrics = project.json("run/metrics.json");
+        let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+        assert!(accuracy > floor, "{model}: accuracy {accuracy}");
+        let data = project.path("data/test");
+        let evaluated = modelci(
+            project.path("").as_path(),
+            &["--quiet", "evaluate", "--checkpoint", "run", "--data", data.to_str().unwrap()],
+        );
+        assert_eq!(evaluated.status.code(), Some(0), "{model}: {}", stderr(&evaluated));
+        let again = project.json("modelci-output/metrics.json");
+        assert_eq!(again["metrics"], metrics["metrics"], "{model}");
+    }
+}
