@@ -650,3 +650,28 @@ fn linear_and_residual_models_train_and_evaluate_from_their_checkpoints() {
         assert_eq!(again["metrics"], metrics["metrics"], "{model}");
     }
 }
+
+/// Opt-in (`cargo test -- --ignored`): the example's CNN on all 8,000 training images of
+/// `../shared/data/mnist/png` reaches at least 0.97 on its 2,000 test images.
+#[test]
+#[ignore = "trains on the full shared MNIST folder; run with --ignored where it exists"]
+fn the_example_cnn_on_all_8000_images_reaches_97_percent() {
+    let shared = Path::new(REPO).join("../shared/data/mnist/png");
+    assert!(shared.is_dir(), "{} is not there", shared.display());
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(Path::new(REPO).join("examples/mnist/modelci.toml"))
+        .unwrap()
+        .replace("\"data/train\"", &format!("\"{}\"", shared.join("train").display()))
+        .replace("\"data/test\"", &format!("\"{}\"", shared.join("test").display()));
+    std::fs::write(dir.path().join("modelci.toml"), example).unwrap();
+    let output = modelci(dir.path(), &["--quiet", "run", "--no-run-cache"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["metadata"]["datasets"]["train"], 8000);
+    assert_eq!(metrics["metadata"]["datasets"]["test"], 2000);
+    let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.97, "accuracy {accuracy}");
+    eprintln!("full MNIST: accuracy {accuracy}, {:#}", metrics["metadata"]["durations"]);
+}
