@@ -94,6 +94,7 @@ impl Checkpoint {
             test: path.to_path_buf(),
             sources: Vec::new(),
             layout: self.input.layout,
+            skip_invalid: false,
             color: self.input.color,
             image_size: self.input.image_size,
             mean: self.input.mean.clone(),

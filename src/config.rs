@@ -50,6 +50,9 @@ pub struct DataConfig {
     /// Where each dataset comes from: `train` first, then `test`.
     pub sources: Vec<DatasetSource>,
     pub layout: Layout,
+    /// Leave out images that fail to decode, and keep empty class folders, with a warning,
+    /// instead of stopping.
+    pub skip_invalid: bool,
     pub color: Color,
     /// Height and width every image is resized to, in pixels.
     pub image_size: [u32; 2],
@@ -423,6 +426,8 @@ struct RawConfig {
 struct RawData {
     #[serde(default)]
     layout: Layout,
+    #[serde(default)]
+    skip_invalid: bool,
     train: Spanned<RawSource>,
     test: Spanned<RawSource>,
     #[serde(default = "default_color")]
@@ -973,6 +978,7 @@ impl RawConfig {
                 test: sources[1].path.clone(),
                 sources,
                 layout: self.data.layout,
+                skip_invalid: self.data.skip_invalid,
                 color: self.data.color,
                 image_size: self.data.image_size,
                 mean,

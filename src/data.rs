@@ -49,6 +49,8 @@ pub struct Dataset {
     pub pixels: Vec<f32>,
     /// Channels, height, width of one image.
     pub shape: [usize; 3],
+    /// Images that failed to decode and were left out (only with `data.skip_invalid`).
+    pub skipped_invalid: usize,
 }
 
 impl Dataset {
@@ -138,8 +140,9 @@ fn visible_entries(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType
     Ok(entries)
 }
 
-/// Lists the classes and images under `root`.
-pub fn scan(root: &Path) -> Result<Listing, DataError> {
+/// Lists the classes and images under `root`. A class folder without images is an error,
+/// unless `allow_empty` (`data.skip_invalid`): the class is then kept, with no samples.
+pub fn scan(root: &Path, allow_empty: bool) -> Result<Listing, DataError> {
     if !root.is_dir() {
         return Err(DataError::Missing(root.to_path_buf()));
     }
@@ -162,7 +165,7 @@ pub fn scan(root: &Path) -> Result<Listing, DataError> {
     if listing.classes.is_empty() {
         return Err(DataError::NoClasses(root.to_path_buf()));
     }
-    if !empty.is_empty() {
+    if !empty.is_empty() && !allow_empty {
         return Err(DataError::EmptyClasses(empty));
     }
     Ok(listing)
@@ -208,12 +211,13 @@ pub fn check_same_classes(train: &Listing, test: &Listing) -> Result<(), DataErr
 }
 
 /// Decodes, resizes and normalises every image of `listing`. `on_image` is called once per
-/// image, for progress reporting.
+/// image, for progress reporting. An image that fails to decode is an error, or with
+/// `data.skip_invalid` is left out and returned with the reason.
 pub fn decode(
     listing: Listing,
     config: &DataConfig,
     on_image: &(dyn Fn() + Sync),
-) -> Result<Dataset, DataError> {
+) -> Result<(Dataset, Vec<(PathBuf, String)>), DataError> {
     let [height, width] = config.image_size;
     let channels = config.color.channels();
     let plane = height as usize * width as usize;
@@ -234,10 +238,27 @@ pub fn decode(
             })
             .collect()
     };
-    if !problems.is_empty() {
+    let shape = [channels, height as usize, width as usize];
+    if problems.is_empty() {
+        return Ok((Dataset { listing, pixels, shape, skipped_invalid: 0 }, problems));
+    }
+    if !config.skip_invalid {
         return Err(DataError::Undecodable(problems));
     }
-    Ok(Dataset { listing, pixels, shape: [channels, height as usize, width as usize] })
+    // Leave the failed images out: their samples and their slots in the pixel buffer.
+    let failed: std::collections::HashSet<&Path> =
+        problems.iter().map(|(path, _)| path.as_path()).collect();
+    let mut kept_samples = Vec::with_capacity(listing.samples.len() - problems.len());
+    let mut kept_pixels = Vec::with_capacity(kept_samples.capacity() * image_len);
+    for (sample, image) in listing.samples.iter().zip(pixels.chunks_exact(image_len)) {
+        if !failed.contains(listing.root.join(&sample.id).as_path()) {
+            kept_samples.push(sample.clone());
+            kept_pixels.extend_from_slice(image);
+        }
+    }
+    let skipped_invalid = problems.len();
+    let listing = Listing { samples: kept_samples, ..listing };
+    Ok((Dataset { listing, pixels: kept_pixels, shape, skipped_invalid }, problems))
 }
 
 /// Decodes one image into `out`, laid out channel by channel.
@@ -283,6 +304,7 @@ mod tests {
             test: PathBuf::new(),
             sources: Vec::new(),
             layout: crate::config::Layout::ImageFolder,
+            skip_invalid: false,
             color: Color::Grayscale,
             image_size: [2, 2],
             mean: vec![0.5],
@@ -301,7 +323,7 @@ mod tests {
         png(&dir.path().join("b/.hidden/5.png"), 0);
         touch(&dir.path().join("b/notes.txt"), b"not an image");
 
-        let listing = scan(dir.path()).unwrap();
+        let listing = scan(dir.path(), false).unwrap();
         assert_eq!(listing.classes, ["a", "b"]);
         let ids: Vec<_> = listing.samples.iter().map(|s| (s.id.as_str(), s.label)).collect();
         assert_eq!(ids, [("a/2.PNG", 0), ("a/nested/3.png", 0), ("b/1.png", 1)]);
@@ -313,7 +335,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         png(&dir.path().join("a/1.png"), 0);
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
-        let error = scan(dir.path()).unwrap_err().to_string();
+        let error = scan(dir.path(), false).unwrap_err().to_string();
         assert!(error.contains(&dir.path().join("b").display().to_string()), "{error}");
     }
 
@@ -322,14 +344,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         png(&dir.path().join("a/white.png"), 255);
         png(&dir.path().join("a/black.png"), 0);
-        let listing = scan(dir.path()).unwrap();
-        let dataset = decode(listing, &config(), &|| {}).unwrap();
+        let listing = scan(dir.path(), false).unwrap();
+        let (dataset, _) = decode(listing, &config(), &|| {}).unwrap();
         // black.png sorts first: (0 - 0.5) / 0.5 = -1, then white: (1 - 0.5) / 0.5 = 1.
         assert_eq!(dataset.pixels, [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]);
 
         touch(&dir.path().join("a/broken.png"), b"\x89PNG\r\n\x1a\nnot really");
         touch(&dir.path().join("a/empty.png"), b"");
-        let listing = scan(dir.path()).unwrap();
+        let listing = scan(dir.path(), false).unwrap();
         let error = decode(listing, &config(), &|| {}).unwrap_err().to_string();
         assert!(error.starts_with("2 image(s) could not be decoded"), "{error}");
         assert!(error.contains("broken.png"), "{error}");
@@ -343,7 +365,7 @@ mod tests {
         image::GrayImage::from_pixel(5, 3, image::Luma([255]))
             .save(dir.path().join("a/x.png"))
             .unwrap();
-        let dataset = decode(scan(dir.path()).unwrap(), &config(), &|| {}).unwrap();
+        let (dataset, _) = decode(scan(dir.path(), false).unwrap(), &config(), &|| {}).unwrap();
         assert_eq!(dataset.shape, [1, 2, 2]);
         assert_eq!(dataset.pixels, [1.0; 4]);
     }

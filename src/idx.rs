@@ -217,7 +217,7 @@ pub fn load(folder: &Path, classes: &[u8], config: &DataConfig) -> Result<Datase
         samples,
         skipped: Vec::new(),
     };
-    Ok(Dataset { listing, pixels, shape: [1, height, width] })
+    Ok(Dataset { listing, pixels, shape: [1, height, width], skipped_invalid: 0 })
 }
 
 #[cfg(test)]
@@ -239,6 +239,7 @@ mod tests {
             test: PathBuf::new(),
             sources: Vec::new(),
             layout: crate::config::Layout::Idx,
+            skip_invalid: false,
             color: Color::Grayscale,
             image_size: size,
             mean: vec![0.0],

@@ -133,6 +133,8 @@ struct DatasetSizes<'a> {
     train: usize,
     /// Held out of the training set for early stopping; 0 without `train.validation_fraction`.
     validation: usize,
+    /// Images left out because they could not be decoded (`data.skip_invalid`), both sets.
+    skipped_invalid: usize,
     test: usize,
     classes: usize,
     /// The datasets' tree digests in the store.
@@ -248,7 +250,7 @@ struct DatasetDigests {
 fn save_dataset(store: &Store, folder: &Path, ui: &Ui) -> anyhow::Result<Digest> {
     if !folder.is_dir() {
         // Let the data loader give the error: it knows the layout it expected.
-        data::scan(folder)?;
+        data::scan(folder, true)?;
     }
     let saved = store
         .save(folder)
@@ -482,6 +484,7 @@ fn train_and_evaluate(
             datasets: DatasetSizes {
                 train: train_set.len() - validation_size,
                 validation: *validation_size,
+                skipped_invalid: train_set.skipped_invalid + test_set.skipped_invalid,
                 test: test_set.len(),
                 classes: classes.len(),
                 digests,
@@ -567,7 +570,21 @@ pub fn load_dataset(
         };
         return Ok(idx::load(path, &classes, data)?);
     }
-    let listing = data::scan(path)?;
+    let listing = data::scan(path, data.skip_invalid)?;
+    let empty: Vec<&str> = listing
+        .classes
+        .iter()
+        .enumerate()
+        .filter(|(label, _)| !listing.samples.iter().any(|sample| sample.label == *label))
+        .map(|(_, class)| class.as_str())
+        .collect();
+    if !empty.is_empty() {
+        ui.warn(format!(
+            "{} has class folders with no images, kept as classes (data.skip_invalid): {}",
+            path.display(),
+            empty.join(", ")
+        ));
+    }
     if let Some(expected) = classes_of {
         data::check_same_classes(expected, &listing)?;
     }
@@ -583,7 +600,17 @@ pub fn load_dataset(
     let tick = || bar.inc(1);
     let decoded = data::decode(listing, data, &tick);
     bar.finish_and_clear();
-    Ok(decoded?)
+    let (dataset, skipped) = decoded?;
+    if let Some((first, reason)) = skipped.first() {
+        ui.warn(format!(
+            "left out {} image(s) of {} that could not be decoded (data.skip_invalid), e.g. \
+             {}: {reason}",
+            skipped.len(),
+            path.display(),
+            first.display()
+        ));
+    }
+    Ok(dataset)
 }
 
 pub(crate) fn model_kind(model: &ModelConfig) -> &'static str {

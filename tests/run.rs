@@ -675,3 +675,17 @@ fn the_example_cnn_on_all_8000_images_reaches_97_percent() {
     assert!(accuracy >= 0.97, "accuracy {accuracy}");
     eprintln!("full MNIST: accuracy {accuracy}, {:#}", metrics["metadata"]["durations"]);
 }
+
+#[test]
+fn skip_invalid_leaves_out_undecodable_images_with_a_warning_and_a_count() {
+    let project = Project::new().replacing("std = [0.3081]", "std = [0.3081]\nskip_invalid = true");
+    project.write("data/train/4/broken.png", b"\x89PNG\r\n\x1a\n truncated");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("warning: left out 1 image(s) of ./data/train"), "{message}");
+    assert!(message.contains("broken.png"), "{message}");
+    let datasets = &project.json("out/metrics.json")["metadata"]["datasets"];
+    assert_eq!(datasets["skipped_invalid"], 1);
+    assert_eq!(datasets["train"], 200, "the broken image is not counted");
+}
