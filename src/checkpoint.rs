@@ -14,6 +14,8 @@ use crate::config::{Color, DataConfig, Layout, ModelConfig};
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// What the parameters mean: [`Checkpoint`] as JSON.
 pub const DESCRIPTION_FILE: &str = "model.json";
+/// A `torchscript` model's module, copied in so that the checkpoint stands alone.
+pub const SCRIPT_FILE: &str = "model.pt";
 const SCHEMA: &str = "modelci.checkpoint/v1";
 
 /// `model.json`.
@@ -42,9 +44,16 @@ pub struct Input {
 
 impl Checkpoint {
     pub fn new(model: &ModelConfig, data: &DataConfig, classes: &[String]) -> Checkpoint {
+        // A TorchScript module travels with the checkpoint, under a name of its own.
+        let model = match model {
+            ModelConfig::Torchscript { .. } => {
+                ModelConfig::Torchscript { path: SCRIPT_FILE.into() }
+            }
+            other => other.clone(),
+        };
         Checkpoint {
             schema: SCHEMA.to_string(),
-            model: model.clone(),
+            model,
             input: Input {
                 layout: data.layout,
                 color: data.color,

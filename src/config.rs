@@ -119,6 +119,9 @@ pub enum ModelConfig {
     /// connection; every stage after the first halves the feature map), global average
     /// pooling, then the classifier.
     Resnet { channels: Vec<usize>, blocks: usize },
+    /// A module exported from PyTorch with `torch.jit.save`; `path` is relative to the config
+    /// (or, in a checkpoint, to its folder). Trained when its parameters require grad.
+    Torchscript { path: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -496,6 +499,7 @@ fn default_color() -> Color {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     kind: ModelKind,
+    path: Option<Spanned<PathBuf>>,
     channels: Option<Spanned<Vec<usize>>>,
     blocks: Option<Spanned<usize>>,
     #[serde(default)]
@@ -509,6 +513,7 @@ enum ModelKind {
     Cnn,
     Linear,
     Resnet,
+    Torchscript,
 }
 
 #[derive(Deserialize)]
@@ -726,7 +731,16 @@ impl RawConfig {
             ModelKind::Cnn => "cnn",
             ModelKind::Linear => "linear",
             ModelKind::Resnet => "resnet",
+            ModelKind::Torchscript => "torchscript",
         };
+        if let Some(path) = &self.model.path
+            && self.model.kind != ModelKind::Torchscript
+        {
+            return Err(invalid(
+                path.span(),
+                format!("model.path applies only to kind = \"torchscript\", not \"{kind_name}\""),
+            ));
+        }
         if let Some(blocks) = &self.model.blocks
             && self.model.kind != ModelKind::Resnet
         {
@@ -740,6 +754,25 @@ impl RawConfig {
             message: format!("model.kind = \"{kind}\" needs model.channels, {example}"),
         };
         let model = match self.model.kind {
+            ModelKind::Torchscript => {
+                let Some(module_path) = self.model.path else {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "model.kind = \"torchscript\" needs model.path, the file saved \
+                                  with torch.jit.save, e.g. path = \"model.pt\""
+                            .to_string(),
+                    });
+                };
+                if self.model.channels.is_some() || !self.model.hidden.is_empty() {
+                    return Err(ConfigError::InvalidFile {
+                        path: path.to_path_buf(),
+                        message: "model.channels and model.hidden do not apply to kind = \
+                                  \"torchscript\": the module defines its own layers"
+                            .to_string(),
+                    });
+                }
+                ModelConfig::Torchscript { path: module_path.into_inner() }
+            }
             ModelKind::Linear => {
                 if let Some(channels) = &self.model.channels {
                     return Err(invalid(
@@ -810,7 +843,7 @@ impl RawConfig {
         let layer_sizes = match &model {
             ModelConfig::Mlp { hidden } => hidden.clone(),
             ModelConfig::Cnn { channels, hidden } => [channels.as_slice(), hidden].concat(),
-            ModelConfig::Linear => Vec::new(),
+            ModelConfig::Linear | ModelConfig::Torchscript { .. } => Vec::new(),
             ModelConfig::Resnet { channels, .. } => channels.clone(),
         };
         if layer_sizes.contains(&0) {

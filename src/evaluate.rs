@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 
 use crate::data::Sample;
 use crate::metrics::{Prediction, TOP_K};
-use crate::model;
+use crate::model::{self, Network};
 
 /// Samples per forward pass. Evaluation keeps no gradients, so this only bounds memory.
 const BATCH: i64 = 512;
@@ -13,7 +13,7 @@ const BATCH: i64 = 512;
 /// Predicts every image of `images` (on the model's device) and pairs the results with
 /// `samples`, in order.
 pub fn predict(
-    model: &nn::Sequential,
+    model: &Network,
     images: &Tensor,
     samples: &[Sample],
 ) -> Result<Vec<Prediction>, tch::TchError> {
@@ -24,7 +24,7 @@ pub fn predict(
         while start < total {
             let length = BATCH.min(total - start);
             let batch_samples = &samples[start as usize..(start + length) as usize];
-            let logits = model::forward(model, &images.narrow(0, start, length));
+            let logits = model.forward(&images.narrow(0, start, length))?;
             let log_probabilities = logits.log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
             let labels: Vec<i64> = batch_samples.iter().map(|sample| sample.label as i64).collect();
             let labels = Tensor::from_slice(&labels);
@@ -94,8 +94,14 @@ pub fn evaluate_checkpoint(
     let load_seconds = started.elapsed().as_secs_f64();
 
     let mut vs = nn::VarStore::new(device.device);
-    let network =
-        model::build(&vs.root(), &description.model, dataset.shape, description.classes.len());
+    let mut network = model::network(
+        &vs.root(),
+        &description.model,
+        dataset.shape,
+        description.classes.len(),
+        checkpoint_dir,
+    )?;
+    network.set_training(false);
     checkpoint::load_weights(&mut vs, checkpoint_dir)?;
     let started = std::time::Instant::now();
     let images = pipeline::images_tensor(&dataset, device.device);

@@ -16,7 +16,7 @@ pub fn build(
     let mut features = channels * height * width;
     let hidden = match config {
         ModelConfig::Mlp { hidden } => hidden,
-        ModelConfig::Linear => &Vec::new(),
+        ModelConfig::Linear | ModelConfig::Torchscript { .. } => &Vec::new(),
         ModelConfig::Resnet { channels: stages, blocks } => {
             return residual_network(vs, channels, stages, *blocks, classes);
         }
@@ -148,9 +148,101 @@ fn residual_network(
     ))
 }
 
-/// Runs `model` on a batch.
-pub fn forward(model: &nn::Sequential, batch: &tch::Tensor) -> tch::Tensor {
-    model.forward(batch)
+/// A model ready to run: one of the built-in architectures, or a TorchScript module whose
+/// parameters live in the same variable store.
+#[derive(Debug)]
+pub enum Network {
+    Builtin(nn::Sequential),
+    Script(tch::TrainableCModule),
+}
+
+impl Network {
+    /// Runs the model on a batch. `train` switches dropout and batch normalisation of a
+    /// TorchScript module to their training behaviour.
+    pub fn forward(&self, batch: &tch::Tensor) -> Result<tch::Tensor, tch::TchError> {
+        match self {
+            Network::Builtin(layers) => Ok(layers.forward(batch)),
+            Network::Script(module) => module.forward_ts(&[batch]),
+        }
+    }
+
+    /// Puts a TorchScript module in training or evaluation mode; built-in models have no
+    /// layers that behave differently.
+    pub fn set_training(&mut self, training: bool) {
+        if let Network::Script(module) = self {
+            if training { module.set_train() } else { module.set_eval() }
+        }
+    }
+}
+
+/// Builds the configured model in `vs`; `input` is one image's `[channels, height, width]`.
+/// `base` is the folder TorchScript paths are relative to.
+pub fn network(
+    vs: &nn::Path,
+    config: &ModelConfig,
+    input: [usize; 3],
+    classes: usize,
+    base: &std::path::Path,
+) -> Result<Network, ScriptError> {
+    match config {
+        ModelConfig::Torchscript { path } => {
+            Ok(Network::Script(load_script(vs, &base.join(path))?))
+        }
+        _ => Ok(Network::Builtin(build(vs, config, input, classes))),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("the TorchScript model {} does not exist\nhint: model.path is relative to the config's folder", .0.display())]
+    Missing(std::path::PathBuf),
+    #[error("the TorchScript model {} is empty\nhint: save it with torch.jit.save(torch.jit.script(model), path)", .0.display())]
+    Empty(std::path::PathBuf),
+    #[error(
+        "{} is not a TorchScript file ({reason})\nhint: export the model with \
+         torch.jit.save(torch.jit.script(model), path) or torch.jit.trace; a state_dict saved \
+         with torch.save is not enough",
+        path.display()
+    )]
+    NotTorchScript { path: std::path::PathBuf, reason: String },
+    #[error(
+        "the TorchScript model {} uses an operator libtorch {} lacks ({reason})\nhint: export it \
+         with a PyTorch no newer than {}",
+        path.display(), crate::torch::LIBTORCH_VERSION, crate::torch::LIBTORCH_VERSION
+    )]
+    UnknownOperator { path: std::path::PathBuf, reason: String },
+}
+
+/// The bytes of a TorchScript file, with the errors of a missing or empty one.
+pub fn read_script(path: &std::path::Path) -> Result<Vec<u8>, ScriptError> {
+    match std::fs::read(path) {
+        Err(_) => Err(ScriptError::Missing(path.to_path_buf())),
+        Ok(bytes) if bytes.is_empty() => Err(ScriptError::Empty(path.to_path_buf())),
+        Ok(bytes) => Ok(bytes),
+    }
+}
+
+/// Loads a TorchScript module, registering its parameters in `vs` (trainable where they
+/// require grad).
+pub fn load_script(
+    vs: &nn::Path,
+    path: &std::path::Path,
+) -> Result<tch::TrainableCModule, ScriptError> {
+    match std::fs::metadata(path) {
+        Err(_) => return Err(ScriptError::Missing(path.to_path_buf())),
+        Ok(metadata) if metadata.len() == 0 => return Err(ScriptError::Empty(path.to_path_buf())),
+        Ok(_) => {}
+    }
+    tch::TrainableCModule::load(path, vs.clone()).map_err(|error| {
+        let text = error.to_string();
+        let reason = text.lines().next().unwrap_or_default().trim().to_string();
+        let unknown = ["Unknown builtin op", "Unknown type name", "Unknown function"];
+        if unknown.iter().any(|marker| text.contains(marker)) {
+            ScriptError::UnknownOperator { path: path.to_path_buf(), reason }
+        } else {
+            ScriptError::NotTorchScript { path: path.to_path_buf(), reason }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -161,7 +253,7 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = build(&vs.root(), &config, input, 7);
         let [c, h, w] = input.map(|size| size as i64);
-        forward(&model, &tch::Tensor::zeros([3, c, h, w], tch::kind::FLOAT_CPU)).size()
+        model.forward(&tch::Tensor::zeros([3, c, h, w], tch::kind::FLOAT_CPU)).size()
     }
 
     #[test]

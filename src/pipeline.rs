@@ -317,8 +317,11 @@ fn fingerprint(
     };
     let inputs = serde_json::to_vec(&inputs)?;
     let kind = if device.device.is_cuda() { "cuda" } else { "cpu" };
+    // A TorchScript module is an input too: its bytes, not its path.
+    let script = script_bytes(config)?.map(|bytes| Digest::of(&bytes).0.to_vec());
     Ok(Fingerprint::default()
         .field("training config", &inputs)
+        .field("torchscript module", script.as_deref().unwrap_or_default())
         .field("train dataset", &datasets.train.0)
         .field("test dataset", &datasets.test.0)
         .field("modelci version", env!("CARGO_PKG_VERSION").as_bytes())
@@ -336,16 +339,22 @@ struct RunFiles {
     checkpoint: Vec<u8>,
     /// `model.json`, which makes the run folder a checkpoint `modelci evaluate` can use.
     description: Vec<u8>,
+    /// `model.pt`: the TorchScript module of a `torchscript` model.
+    script: Option<Vec<u8>>,
 }
 
 impl RunFiles {
-    fn named(&self) -> [(&'static str, &[u8]); 4] {
-        [
-            (CHECKPOINT_FILE, &self.checkpoint),
-            (checkpoint::DESCRIPTION_FILE, &self.description),
-            (METRICS_FILE, &self.metrics),
-            (PREDICTIONS_FILE, &self.predictions),
-        ]
+    fn named(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = vec![
+            (CHECKPOINT_FILE, &self.checkpoint[..]),
+            (checkpoint::DESCRIPTION_FILE, &self.description[..]),
+            (METRICS_FILE, &self.metrics[..]),
+            (PREDICTIONS_FILE, &self.predictions[..]),
+        ];
+        if let Some(script) = &self.script {
+            files.push((checkpoint::SCRIPT_FILE, &script[..]));
+        }
+        files
     }
 
     /// The files of a cached run; `None` when one is missing (the run is then made again).
@@ -356,6 +365,7 @@ impl RunFiles {
             predictions: files.remove(PREDICTIONS_FILE)?,
             checkpoint: files.remove(CHECKPOINT_FILE)?,
             description: files.remove(checkpoint::DESCRIPTION_FILE)?,
+            script: files.remove(checkpoint::SCRIPT_FILE),
         })
     }
 
@@ -370,7 +380,7 @@ impl RunFiles {
 /// A trained model and how its training went.
 pub struct Fitted {
     pub vs: nn::VarStore,
-    pub network: nn::Sequential,
+    pub network: model::Network,
     pub trained: train::TrainReport,
     /// Images held out of the training set for validation.
     pub validation_size: usize,
@@ -397,7 +407,28 @@ pub fn fit(
     let classes = &train_set.listing.classes;
 
     let vs = nn::VarStore::new(device.device);
-    let network = model::build(&vs.root(), &config.model, train_set.shape, classes.len());
+    let mut network = model::network(
+        &vs.root(),
+        &config.model,
+        train_set.shape,
+        classes.len(),
+        config_dir(config),
+    )?;
+    if vs.trainable_variables().is_empty() {
+        // A TorchScript module whose parameters are all frozen: nothing to train.
+        ui.status(format!(
+            "the {} model has no parameters that require grad: evaluating it as it is",
+            model_kind(&config.model)
+        ));
+        let trained = train::TrainReport {
+            epochs: Vec::new(),
+            best_epoch: None,
+            seconds: 0.0,
+            samples_per_second: 0.0,
+        };
+        network.set_training(false);
+        return Ok(Fitted { vs, network, trained, validation_size: 0 });
+    }
     ui.status(format!(
         "training {} ({} parameters) on {} images, {} classes, {}",
         model_kind(&config.model),
@@ -424,8 +455,25 @@ pub fn fit(
     };
     let validation_size = validation.as_ref().map_or(0, |held| held.images.size()[0] as usize);
     let batches = train::Batches { images: fit_images, labels: fit_labels };
+    network.set_training(true);
     let trained = train::train(&vs, &network, batches, validation, &config.train, ui)?;
+    network.set_training(false);
     Ok(Fitted { vs, network, trained, validation_size })
+}
+
+/// The folder the config's relative paths start from.
+fn config_dir(config: &Config) -> &Path {
+    config.path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The TorchScript file of a `torchscript` model, to be copied into its checkpoint.
+fn script_bytes(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    match &config.model {
+        ModelConfig::Torchscript { path } => {
+            Ok(Some(model::read_script(&config_dir(config).join(path))?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Sets libtorch's thread counts and seed from the config: before anything else touches
@@ -518,6 +566,7 @@ fn train_and_evaluate(
         predictions: predictions_lines(&predictions)?,
         checkpoint,
         description,
+        script: script_bytes(config)?,
     };
     Ok((files, summary))
 }
@@ -619,6 +668,7 @@ pub(crate) fn model_kind(model: &ModelConfig) -> &'static str {
         ModelConfig::Cnn { .. } => "cnn",
         ModelConfig::Linear => "linear",
         ModelConfig::Resnet { .. } => "resnet",
+        ModelConfig::Torchscript { .. } => "torchscript",
     }
 }
 
@@ -689,5 +739,8 @@ pub fn train_only(config_path: &Path, output: Option<&Path>, ui: &Ui) -> anyhow:
     let description = Checkpoint::new(&config.model, &config.data, &train_set.listing.classes);
     atomic::write(&output.join(CHECKPOINT_FILE), &checkpoint::weights(&fitted.vs)?)?;
     atomic::write(&output.join(checkpoint::DESCRIPTION_FILE), &description.to_json()?)?;
+    if let Some(script) = script_bytes(&config)? {
+        atomic::write(&output.join(checkpoint::SCRIPT_FILE), &script)?;
+    }
     Ok(Trained { output, report: fitted.trained, images: train_set.len() - fitted.validation_size })
 }

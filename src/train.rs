@@ -11,7 +11,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 use crate::config::{Loss, Optimizer, TrainConfig};
-use crate::model;
+use crate::model::Network;
 use crate::schedule::{EarlyStopping, LearningRates, Progress};
 use crate::ui::Ui;
 
@@ -76,7 +76,7 @@ fn loss(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
 /// stopping on `validation` says to stop (the best epoch's weights are then put back).
 pub fn train(
     vs: &nn::VarStore,
-    model: &nn::Sequential,
+    model: &Network,
     data: Batches<'_>,
     validation: Option<Batches<'_>>,
     config: &TrainConfig,
@@ -126,7 +126,7 @@ pub fn train(
             let indices = order.narrow(0, start, batch_size.min(samples - start));
             let images = data.images.index_select(0, &indices);
             let labels = data.labels.index_select(0, &indices);
-            let logits = model::forward(model, &images);
+            let logits = model.forward(&images)?;
             let loss = loss(&logits, &labels, config);
             match config.clip_grad_norm {
                 Some(max) => optimizer.backward_step_clip_norm(&loss, max),
@@ -209,9 +209,9 @@ pub fn train(
 }
 
 /// Mean loss and accuracy on a held-out set, without gradients.
-fn evaluate(model: &nn::Sequential, data: &Batches<'_>) -> Result<(f64, f64), TrainError> {
+fn evaluate(model: &Network, data: &Batches<'_>) -> Result<(f64, f64), TrainError> {
     tch::no_grad(|| {
-        let logits = model::forward(model, data.images);
+        let logits = model.forward(data.images)?;
         let loss = f64::try_from(logits.cross_entropy_for_logits(data.labels))?;
         let correct = logits.argmax(-1, false).eq_tensor(data.labels).to_kind(Kind::Float);
         let accuracy = f64::try_from(correct.mean(Kind::Float))?;

@@ -689,3 +689,81 @@ fn skip_invalid_leaves_out_undecodable_images_with_a_warning_and_a_count() {
     assert_eq!(datasets["skipped_invalid"], 1);
     assert_eq!(datasets["train"], 200, "the broken image is not counted");
 }
+
+/// A project whose model is the TorchScript fixture `name` (see tests/fixtures/torchscript).
+fn torchscript_project(name: &str) -> Project {
+    let project = Project::new().replacing(
+        "kind = \"mlp\"\nhidden = [32]",
+        &format!("kind = \"torchscript\"\npath = \"{name}\""),
+    );
+    let fixture = Path::new(REPO).join("tests/fixtures/torchscript").join(name);
+    project.write(name, &std::fs::read(fixture).unwrap());
+    project
+}
+
+#[test]
+fn a_torchscript_module_is_trained_and_its_checkpoint_evaluated() {
+    let project = torchscript_project("mlp.pt");
+    let output = project.run(&["--output", "run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("run/metrics.json");
+    assert_eq!(metrics["metadata"]["epochs"].as_array().unwrap().len(), 3);
+    assert_eq!(metrics["metadata"]["model"]["parameters"], 784 * 32 + 32 + 32 * 10 + 10);
+    let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.45, "trained from random weights: {accuracy}");
+    assert_eq!(project.json("run/model.json")["model"]["path"], "model.pt");
+
+    // The checkpoint carries the module: it evaluates from anywhere, with the trained weights.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let checkpoint = project.path("run");
+    let data = project.path("data/test");
+    let evaluated = modelci(
+        elsewhere.path(),
+        &[
+            "evaluate",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    let again: Value = serde_json::from_slice(
+        &std::fs::read(elsewhere.path().join("modelci-output/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again["metrics"], metrics["metrics"]);
+}
+
+#[test]
+fn a_frozen_torchscript_module_is_evaluated_as_it_is() {
+    let project = torchscript_project("frozen.pt");
+    let output = project.run_verbose(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no parameters that require grad"), "{}", stderr(&output));
+    let metrics = project.json("out/metrics.json");
+    assert!(metrics["metadata"]["epochs"].as_array().unwrap().is_empty());
+    // Untrained random weights: about chance on ten classes.
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() < 0.4);
+}
+
+#[test]
+fn files_that_are_not_usable_torchscript_get_their_own_errors() {
+    let cases = [
+        ("state-dict.pt", "is not a TorchScript file"),
+        ("unknown-op.pt", "uses an operator libtorch 2.13.0 lacks"),
+    ];
+    for (name, expected) in cases {
+        let output = torchscript_project(name).run(&[]);
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        assert!(stderr(&output).contains(expected), "{name}: {}", stderr(&output));
+    }
+    let empty = torchscript_project("mlp.pt");
+    empty.write("mlp.pt", b"");
+    let message = stderr(&empty.run(&[]));
+    assert!(message.contains("mlp.pt is empty"), "{message}");
+    let missing = torchscript_project("mlp.pt");
+    std::fs::remove_file(missing.path("mlp.pt")).unwrap();
+    let message = stderr(&missing.run(&[]));
+    assert!(message.contains("mlp.pt does not exist"), "{message}");
+}
