@@ -377,6 +377,13 @@ fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     use crate::torch::{LIBTORCH_HAS_CUDA, LIBTORCH_LIB, LIBTORCH_VERSION};
 
     let devices = tch::Cuda::device_count();
+    let loaded = match crate::torch::loaded_lib_dir() {
+        Some(lib) => {
+            let version = lib.parent().and_then(crate::torch::declared_version);
+            format!("{} ({})", lib.display(), version.as_deref().unwrap_or("version unknown"))
+        }
+        None => "unknown on this system".to_string(),
+    };
     let cuda = if !LIBTORCH_HAS_CUDA {
         "not usable: this libtorch has no CUDA libraries".to_string()
     } else if devices == 0 {
@@ -386,7 +393,7 @@ fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     };
     let yes_no = |flag: bool| if flag { "yes" } else { "no" };
     let text = format!(
-        "modelci {}\nlibtorch: {LIBTORCH_VERSION} ({LIBTORCH_LIB})\ncuda: {cuda}\nthreads: {} \
+        "modelci {}\nlibtorch: {LIBTORCH_VERSION} ({LIBTORCH_LIB})\nloaded: {loaded}\ncuda: {cuda}\nthreads: {} \
          (set per run by train.threads)\nopenmp: {}, mkl: {}, mkldnn: {}\n",
         env!("CARGO_PKG_VERSION"),
         tch::get_num_threads(),

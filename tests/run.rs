@@ -327,6 +327,7 @@ fn doctor_reports_libtorch_and_cuda() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
     assert!(text.contains("libtorch: 2.13.0 ("), "{text}");
+    assert!(text.contains("lib (2.13.0)\ncuda: "), "the loaded libtorch and its version: {text}");
     assert!(text.contains("cuda: "), "{text}");
     assert!(text.contains("threads: "), "{text}");
 }
