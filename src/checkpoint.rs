@@ -40,10 +40,21 @@ pub struct Input {
     pub image_size: [u32; 2],
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// The columns of a `csv` dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<crate::tabular::CsvConfig>,
+    /// The feature scaling fitted on the training rows, applied to every set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardization: Option<crate::tabular::Standardization>,
 }
 
 impl Checkpoint {
-    pub fn new(model: &ModelConfig, data: &DataConfig, classes: &[String]) -> Checkpoint {
+    pub fn new(
+        model: &ModelConfig,
+        data: &DataConfig,
+        classes: &[String],
+        standardization: Option<&crate::tabular::Standardization>,
+    ) -> Checkpoint {
         // A TorchScript module travels with the checkpoint, under a name of its own.
         let model = match model {
             ModelConfig::Torchscript { .. } => {
@@ -60,6 +71,8 @@ impl Checkpoint {
                 image_size: data.image_size,
                 mean: data.mean.clone(),
                 std: data.std.clone(),
+                csv: data.csv.clone(),
+                standardization: standardization.cloned(),
             },
             classes: classes.to_vec(),
             modelci_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -108,6 +121,7 @@ impl Checkpoint {
             image_size: self.input.image_size,
             mean: self.input.mean.clone(),
             std: self.input.std.clone(),
+            csv: self.input.csv.clone(),
         }
     }
 }

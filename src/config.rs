@@ -53,6 +53,8 @@ pub struct DataConfig {
     /// Leave out images that fail to decode, and keep empty class folders, with a warning,
     /// instead of stopping.
     pub skip_invalid: bool,
+    /// The columns of a `csv` dataset; `None` for image layouts.
+    pub csv: Option<crate::tabular::CsvConfig>,
     pub color: Color,
     /// Height and width every image is resized to, in pixels.
     pub image_size: [u32; 2],
@@ -435,10 +437,13 @@ struct RawData {
     test: Spanned<RawSource>,
     #[serde(default = "default_color")]
     color: Color,
-    #[serde(deserialize_with = "image_size")]
-    image_size: [u32; 2],
+    #[serde(default, deserialize_with = "image_size")]
+    image_size: Option<Spanned<[u32; 2]>>,
     mean: Option<Spanned<Vec<f32>>>,
     std: Option<Spanned<Vec<f32>>>,
+    label: Option<Spanned<String>>,
+    features: Option<Spanned<Vec<String>>>,
+    standardize: Option<Spanned<bool>>,
 }
 
 /// `train = "data/train"`, or `train = { url = "...", sha256 = "...", path = "...",
@@ -489,6 +494,8 @@ pub enum Layout {
     ImageFolder,
     /// `images-idx3-ubyte` and `labels-idx1-ubyte`, raw or gzip, as MNIST is distributed.
     Idx,
+    /// A CSV file of numeric feature columns and a label column, for tabular models.
+    Csv,
 }
 
 fn default_color() -> Color {
@@ -694,7 +701,8 @@ fn default_level() -> i32 {
 impl RawConfig {
     fn validate(self, text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let invalid = |span: Range<usize>, message: String| invalid_at(path, text, span, message);
-        let channels = self.data.color.channels();
+        let color = self.data.color;
+        let channels = color.channels();
 
         let per_channel = |values: Option<Spanned<Vec<f32>>>, key: &str, default: f32| {
             let Some(values) = values else { return Ok(vec![default; channels]) };
@@ -707,7 +715,7 @@ impl RawConfig {
                         "data.{key} has {} value(s) but data.color = {:?} has {channels} \
                          channel(s); give one value per channel",
                         values.len(),
-                        self.data.color
+                        color
                     ),
                 ));
             }
@@ -719,9 +727,53 @@ impl RawConfig {
             }
             Ok(values)
         };
-        let mean = per_channel(self.data.mean, "mean", 0.0)?;
-        let std = per_channel(self.data.std, "std", 1.0)?;
-        let sources = [("train", self.data.train), ("test", self.data.test)]
+        let data = self.data;
+        let layout = data.layout;
+        let tabular_only = [
+            data.label.as_ref().map(|v| ("label", v.span())),
+            data.features.as_ref().map(|v| ("features", v.span())),
+            data.standardize.as_ref().map(|v| ("standardize", v.span())),
+        ];
+        let image_only = [
+            data.image_size.as_ref().map(|v| ("image_size", v.span())),
+            data.mean.as_ref().map(|v| ("mean", v.span())),
+            data.std.as_ref().map(|v| ("std", v.span())),
+        ];
+        let misplaced = if layout == Layout::Csv { image_only } else { tabular_only };
+        if let Some((key, span)) = misplaced.into_iter().flatten().next() {
+            let applies = if layout == Layout::Csv { "image layouts" } else { "layout = \"csv\"" };
+            return Err(invalid(span, format!("data.{key} applies only to {applies}")));
+        }
+        let (image_size, csv) = if layout == Layout::Csv {
+            let Some(label) = data.label else {
+                return Err(ConfigError::InvalidFile {
+                    path: path.to_path_buf(),
+                    message: "data.layout = \"csv\" needs data.label, the header of the label \
+                              column"
+                        .to_string(),
+                });
+            };
+            let csv = crate::tabular::CsvConfig {
+                label: label.into_inner(),
+                features: data.features.map(Spanned::into_inner),
+                standardize: data.standardize.is_some_and(|value| value.into_inner()),
+            };
+            // Rows are `[features, 1, 1]`; the image size is not used.
+            ([1, 1], Some(csv))
+        } else {
+            let Some(size) = data.image_size else {
+                return Err(ConfigError::InvalidFile {
+                    path: path.to_path_buf(),
+                    message: "data.image_size is required for image datasets: [height, width] \
+                              in pixels, e.g. image_size = [28, 28]"
+                        .to_string(),
+                });
+            };
+            (size.into_inner(), None)
+        };
+        let mean = per_channel(data.mean, "mean", 0.0)?;
+        let std = per_channel(data.std, "std", 1.0)?;
+        let sources = [("train", data.train), ("test", data.test)]
             .into_iter()
             .map(|(name, raw)| source(name, raw, base, &invalid))
             .collect::<Result<Vec<_>, _>>()?;
@@ -850,6 +902,15 @@ impl RawConfig {
             return Err(ConfigError::InvalidFile {
                 path: path.to_path_buf(),
                 message: "model.channels and model.hidden sizes must be at least 1".to_string(),
+            });
+        }
+
+        if let (Some(_), ModelConfig::Cnn { .. } | ModelConfig::Resnet { .. }) = (&csv, &model) {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: "model.kind = \"cnn\" and \"resnet\" need images; a csv dataset \
+                          works with \"linear\", \"mlp\" or \"torchscript\""
+                    .to_string(),
             });
         }
 
@@ -1010,12 +1071,13 @@ impl RawConfig {
                 train: sources[0].path.clone(),
                 test: sources[1].path.clone(),
                 sources,
-                layout: self.data.layout,
-                skip_invalid: self.data.skip_invalid,
-                color: self.data.color,
-                image_size: self.data.image_size,
+                layout,
+                skip_invalid: data.skip_invalid,
+                color: data.color,
+                image_size,
                 mean,
                 std,
+                csv,
             },
             model,
             train: TrainConfig {
@@ -1178,11 +1240,15 @@ fn positive_option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
     positive(deserializer).map(Some)
 }
 
-fn image_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u32; 2], D::Error> {
-    let values = Vec::<i64>::deserialize(deserializer)?;
+fn image_size<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Spanned<[u32; 2]>>, D::Error> {
+    let values = Spanned::<Vec<i64>>::deserialize(deserializer)?;
+    let span = values.span();
+    let values = values.into_inner();
     match values.as_slice() {
         [height, width] if (1..=8192).contains(height) && (1..=8192).contains(width) => {
-            Ok([*height as u32, *width as u32])
+            Ok(Some(Spanned::new(span, [*height as u32, *width as u32])))
         }
         _ => Err(de::Error::custom(format!(
             "must be [height, width] in pixels, each from 1 to 8192, got {values:?}"
@@ -1354,6 +1420,35 @@ hidden = [32]
         for (body, expected) in cases {
             let message = error(&model(body));
             assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+
+    #[test]
+    fn csv_layout_keys_are_checked_against_the_layout() {
+        let csv = "[data]\nlayout = \"csv\"\ntrain = \"a.csv\"\ntest = \"b.csv\"\n";
+        let model = "\n[model]\nkind = \"mlp\"\n";
+        let config = parse(&format!("{csv}label = \"y\"\nstandardize = true\n{model}")).unwrap();
+        let columns = config.data.csv.unwrap();
+        assert_eq!((columns.label.as_str(), columns.standardize), ("y", true));
+        let cases = [
+            (format!("{csv}{model}"), "needs data.label"),
+            (
+                format!("{csv}label = \"y\"\nimage_size = [2, 2]\n{model}"),
+                "data.image_size applies only to image layouts",
+            ),
+            (
+                format!("{csv}label = \"y\"\n\n[model]\nkind = \"cnn\"\nchannels = [4]\n"),
+                "need images",
+            ),
+            (
+                MINIMAL.replace("image_size = [28, 28]", "label = \"y\""),
+                "data.label applies only to layout = \"csv\"",
+            ),
+            (MINIMAL.replace("image_size = [28, 28]\n", ""), "data.image_size is required"),
+        ];
+        for (text, expected) in cases {
+            let message = error(&text);
+            assert!(message.contains(expected), "{text}: {message}");
         }
     }
 

@@ -309,6 +309,7 @@ mod tests {
             image_size: [2, 2],
             mean: vec![0.5],
             std: vec![0.5],
+            csv: None,
         }
     }
 

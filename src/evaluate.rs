@@ -90,7 +90,8 @@ pub fn evaluate_checkpoint(
         samples: Vec::new(),
         skipped: Vec::new(),
     };
-    let dataset = pipeline::load_dataset(data, &data_config, Some(&expected), ui)?;
+    let scaling = description.input.standardization.as_ref();
+    let dataset = pipeline::load_dataset(data, &data_config, Some(&expected), scaling, ui)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     let mut vs = nn::VarStore::new(device.device);

@@ -244,6 +244,7 @@ mod tests {
             image_size: size,
             mean: vec![0.0],
             std: vec![1.0],
+            csv: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod schedule;
 pub mod stats;
 #[cfg(unix)]
 pub mod store;
+pub mod tabular;
 pub mod ui;
 
 #[cfg(feature = "torch")]

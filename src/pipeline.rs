@@ -34,6 +34,7 @@ use crate::model;
 use crate::report::{self, RunSummary};
 use crate::schedule;
 use crate::store::{Digest, Fingerprint, Store};
+use crate::tabular;
 use crate::torch::{self, ChosenDevice, LIBTORCH_VERSION};
 use crate::train::{self, EpochStats};
 use crate::ui::Ui;
@@ -248,6 +249,14 @@ struct DatasetDigests {
 }
 
 fn save_dataset(store: &Store, folder: &Path, ui: &Ui) -> anyhow::Result<Digest> {
+    if folder.is_file() {
+        // A CSV dataset is one file: kept as a blob, and named by its content's digest.
+        let (digest, size) = store.put_file(folder).with_context(|| {
+            format!("cannot keep the dataset {} in the store", folder.display())
+        })?;
+        ui.debug(format!("dataset {}: {size} bytes, sha256 {}", folder.display(), short(&digest)));
+        return Ok(digest);
+    }
     if !folder.is_dir() {
         // Let the data loader give the error: it knows the layout it expected.
         data::scan(folder, true)?;
@@ -295,6 +304,7 @@ fn fingerprint(
     #[derive(Serialize)]
     struct Inputs<'a> {
         layout: Layout,
+        csv: &'a Option<tabular::CsvConfig>,
         color: crate::config::Color,
         image_size: [u32; 2],
         mean: &'a [f32],
@@ -306,6 +316,7 @@ fn fingerprint(
     }
     let inputs = Inputs {
         layout: config.data.layout,
+        csv: &config.data.csv,
         color: config.data.color,
         image_size: config.data.image_size,
         mean: &config.data.mean,
@@ -494,13 +505,14 @@ fn train_and_evaluate(
 ) -> anyhow::Result<(RunFiles, String)> {
     prepare_libtorch(config);
     let started = Instant::now();
-    let (train_set, test_set) = load_datasets(config, ui)?;
+    let (train_set, test_set, scaling) = load_datasets(config, ui)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let fitted = fit(config, device, &train_set, ui)?;
     let Fitted { vs, network, trained, validation_size } = &fitted;
     let classes = train_set.listing.classes.clone();
     let checkpoint = checkpoint::weights(vs)?;
-    let description = Checkpoint::new(&config.model, &config.data, &classes).to_json()?;
+    let description =
+        Checkpoint::new(&config.model, &config.data, &classes, scaling.as_ref()).to_json()?;
     let test_images = images_tensor(&test_set, device.device);
 
     let started = Instant::now();
@@ -593,10 +605,28 @@ fn read_baseline(
     Ok(baseline)
 }
 
-fn load_datasets(config: &Config, ui: &Ui) -> anyhow::Result<(Dataset, Dataset)> {
-    let train = load_dataset(&config.data.train, &config.data, None, ui)?;
-    let test = load_dataset(&config.data.test, &config.data, Some(&train.listing), ui)?;
-    Ok((train, test))
+/// Both datasets, and the feature scaling fitted on the training set when a `csv` dataset asks
+/// for standardisation.
+fn load_datasets(
+    config: &Config,
+    ui: &Ui,
+) -> anyhow::Result<(Dataset, Dataset, Option<tabular::Standardization>)> {
+    let scaling = standardization(&config.data)?;
+    let train = load_dataset(&config.data.train, &config.data, None, scaling.as_ref(), ui)?;
+    let test =
+        load_dataset(&config.data.test, &config.data, Some(&train.listing), scaling.as_ref(), ui)?;
+    Ok((train, test, scaling))
+}
+
+/// The feature scaling of a `csv` dataset with `standardize = true`, fitted on its training
+/// rows only.
+pub fn standardization(
+    data: &crate::config::DataConfig,
+) -> anyhow::Result<Option<tabular::Standardization>> {
+    match &data.csv {
+        Some(csv) if csv.standardize => Ok(Some(tabular::fit_standardization(&data.train, csv)?)),
+        _ => Ok(None),
+    }
 }
 
 /// Loads the dataset at `path`. With `classes_of`, the dataset must have that listing's class
@@ -605,8 +635,16 @@ pub fn load_dataset(
     path: &Path,
     data: &crate::config::DataConfig,
     classes_of: Option<&data::Listing>,
+    scaling: Option<&tabular::Standardization>,
     ui: &Ui,
 ) -> anyhow::Result<Dataset> {
+    if let Some(csv) = &data.csv {
+        let classes = match classes_of {
+            Some(listing) => listing.classes.clone(),
+            None => tabular::classes(path, csv)?,
+        };
+        return Ok(tabular::load(path, csv, &classes, scaling)?);
+    }
     if data.layout == Layout::Idx {
         let classes = match classes_of {
             Some(listing) => listing
@@ -734,9 +772,11 @@ pub fn train_only(config_path: &Path, output: Option<&Path>, ui: &Ui) -> anyhow:
     let device = torch::choose_device(config.train.device)?;
     ui.debug(format!("device {} ({})", device.name, device.reason));
     prepare_libtorch(&config);
-    let train_set = load_dataset(&config.data.train, &config.data, None, ui)?;
+    let scaling = standardization(&config.data)?;
+    let train_set = load_dataset(&config.data.train, &config.data, None, scaling.as_ref(), ui)?;
     let fitted = fit(&config, &device, &train_set, ui)?;
-    let description = Checkpoint::new(&config.model, &config.data, &train_set.listing.classes);
+    let classes = &train_set.listing.classes;
+    let description = Checkpoint::new(&config.model, &config.data, classes, scaling.as_ref());
     atomic::write(&output.join(CHECKPOINT_FILE), &checkpoint::weights(&fitted.vs)?)?;
     atomic::write(&output.join(checkpoint::DESCRIPTION_FILE), &description.to_json()?)?;
     if let Some(script) = script_bytes(&config)? {

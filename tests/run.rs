@@ -768,3 +768,63 @@ fn files_that_are_not_usable_torchscript_get_their_own_errors() {
     let message = stderr(&missing.run(&[]));
     assert!(message.contains("mlp.pt does not exist"), "{message}");
 }
+
+/// Three classes of points around three centres, with a constant and a noise column; the
+/// label column is in the middle. Deterministic.
+fn blobs(rows: usize, offset: usize) -> String {
+    let mut text = String::from("x,noise,species,y,constant\n");
+    let centres = [(0.0, 0.0, "setosa"), (8.0, 0.0, "versicolor"), (0.0, 8.0, "virginica")];
+    for row in 0..rows {
+        let (cx, cy, name) = centres[row % 3];
+        let jitter = |k: usize| (((row + offset) * 7919 + k * 104729) % 1000) as f64 / 500.0 - 1.0;
+        text.push_str(&format!(
+            "{},{},{name},{},5\n",
+            cx + 2.0 * jitter(1),
+            jitter(3) * 100.0,
+            cy + 2.0 * jitter(2)
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_csv_dataset_trains_a_tabular_model_with_standardisation() {
+    let config = small_config("")
+        .replace(
+            "train = \"data/train\"\ntest = \"data/test\"\nimage_size = [28, 28]\nmean = [0.1307]\nstd = [0.3081]",
+            "layout = \"csv\"\ntrain = \"train.csv\"\ntest = \"test.csv\"\nlabel = \"species\"\n\
+             features = [\"x\", \"y\", \"constant\"]\nstandardize = true",
+        )
+        .replace("epochs = 3", "epochs = 20");
+    let project = Project::with_config(&config);
+    project.write("train.csv", blobs(150, 0).as_bytes());
+    project.write("test.csv", blobs(60, 1000).as_bytes());
+    let output = project.run(&["--output", "run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("run/metrics.json");
+    assert_eq!(metrics["classes"], serde_json::json!(["setosa", "versicolor", "virginica"]));
+    assert_eq!(metrics["metadata"]["datasets"]["train"], 150);
+    let accuracy = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9, "well separated blobs: {accuracy}");
+    let scaling = &project.json("run/model.json")["input"]["standardization"];
+    assert_eq!(scaling["std"][2], 1.0, "the constant column is only centred");
+
+    // The checkpoint carries the scaling fitted on the training rows.
+    let test = project.path("test.csv");
+    let evaluated = modelci(
+        project.path("").as_path(),
+        &["--quiet", "evaluate", "--checkpoint", "run", "--data", test.to_str().unwrap()],
+    );
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    assert_eq!(project.json("modelci-output/metrics.json")["metrics"], metrics["metrics"]);
+
+    // A bad cell is named by line and column.
+    project.write("test.csv", b"x,noise,species,y,constant\n1,2,setosa,oops,5\n");
+    let output = project.run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("line 2, column y: \"oops\" is not a number"),
+        "{}",
+        stderr(&output)
+    );
+}
