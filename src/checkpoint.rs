@@ -38,6 +38,8 @@ pub struct Input {
     pub layout: Layout,
     pub color: Color,
     pub image_size: [u32; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center_crop: Option<[u32; 2]>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
     /// The columns of a `csv` dataset.
@@ -69,6 +71,7 @@ impl Checkpoint {
                 layout: data.layout,
                 color: data.color,
                 image_size: data.image_size,
+                center_crop: data.center_crop,
                 mean: data.mean.clone(),
                 std: data.std.clone(),
                 csv: data.csv.clone(),
@@ -119,6 +122,7 @@ impl Checkpoint {
             skip_invalid: false,
             color: self.input.color,
             image_size: self.input.image_size,
+            center_crop: self.input.center_crop,
             mean: self.input.mean.clone(),
             std: self.input.std.clone(),
             csv: self.input.csv.clone(),

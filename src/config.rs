@@ -58,6 +58,9 @@ pub struct DataConfig {
     pub color: Color,
     /// Height and width every image is resized to, in pixels.
     pub image_size: [u32; 2],
+    /// Taken from the centre of each resized image, `[height, width]`; the model sees this
+    /// size.
+    pub center_crop: Option<[u32; 2]>,
     /// Per channel, applied after scaling pixel values to `[0, 1]`.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -145,9 +148,28 @@ pub struct TrainConfig {
     /// Held out of the training set, seeded by `seed`, to watch for early stopping.
     pub validation_fraction: Option<f64>,
     pub early_stopping: Option<EarlyStoppingConfig>,
+    /// Random changes to each training batch, drawn from libtorch's seeded generator.
+    pub augment: Augment,
     pub seed: u64,
     pub threads: usize,
     pub device: Device,
+}
+
+/// `[train.augment]`: training-time augmentation of image batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Mirror each image left to right with probability one half.
+    pub flip: bool,
+    /// Pad each image by this many pixels on every side (with zeros, the normalised mean
+    /// where `mean` is the data's), then crop it back to its size at a random offset.
+    pub crop_padding: u32,
+}
+
+impl Augment {
+    pub fn is_active(&self) -> bool {
+        self.flip || self.crop_padding > 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
@@ -439,6 +461,8 @@ struct RawData {
     color: Color,
     #[serde(default, deserialize_with = "image_size")]
     image_size: Option<Spanned<[u32; 2]>>,
+    #[serde(default, deserialize_with = "image_size")]
+    center_crop: Option<Spanned<[u32; 2]>>,
     mean: Option<Spanned<Vec<f32>>>,
     std: Option<Spanned<Vec<f32>>>,
     label: Option<Spanned<String>>,
@@ -554,6 +578,8 @@ struct RawTrain {
     validation_fraction: Option<Spanned<f64>>,
     early_stopping: Option<Spanned<EarlyStoppingConfig>>,
     #[serde(default)]
+    augment: Augment,
+    #[serde(default)]
     seed: u64,
     #[serde(default = "default_threads", deserialize_with = "at_least_one")]
     threads: usize,
@@ -581,6 +607,7 @@ impl Default for RawTrain {
             warmup_epochs: 0,
             validation_fraction: None,
             early_stopping: None,
+            augment: Augment::default(),
             seed: 0,
             threads: default_threads(),
             device: default_device(),
@@ -736,10 +763,12 @@ impl RawConfig {
         ];
         let image_only = [
             data.image_size.as_ref().map(|v| ("image_size", v.span())),
+            data.center_crop.as_ref().map(|v| ("center_crop", v.span())),
             data.mean.as_ref().map(|v| ("mean", v.span())),
             data.std.as_ref().map(|v| ("std", v.span())),
         ];
-        let misplaced = if layout == Layout::Csv { image_only } else { tabular_only };
+        let misplaced: Vec<_> =
+            if layout == Layout::Csv { image_only.to_vec() } else { tabular_only.to_vec() };
         if let Some((key, span)) = misplaced.into_iter().flatten().next() {
             let applies = if layout == Layout::Csv { "image layouts" } else { "layout = \"csv\"" };
             return Err(invalid(span, format!("data.{key} applies only to {applies}")));
@@ -770,6 +799,23 @@ impl RawConfig {
                 });
             };
             (size.into_inner(), None)
+        };
+        let center_crop = match data.center_crop {
+            Some(crop) => {
+                let [height, width] = *crop.get_ref();
+                if height > image_size[0] || width > image_size[1] {
+                    return Err(invalid(
+                        crop.span(),
+                        format!(
+                            "data.center_crop [{height}, {width}] is larger than data.image_size \
+                             [{}, {}]; crop no more than the resized image",
+                            image_size[0], image_size[1]
+                        ),
+                    ));
+                }
+                Some(crop.into_inner())
+            }
+            None => None,
         };
         let mean = per_channel(data.mean, "mean", 0.0)?;
         let std = per_channel(data.std, "std", 1.0)?;
@@ -1075,6 +1121,7 @@ impl RawConfig {
                 skip_invalid: data.skip_invalid,
                 color: data.color,
                 image_size,
+                center_crop,
                 mean,
                 std,
                 csv,
@@ -1093,6 +1140,7 @@ impl RawConfig {
                 warmup_epochs: train.warmup_epochs,
                 validation_fraction,
                 early_stopping,
+                augment: train.augment,
                 seed: train.seed,
                 threads: train.threads,
                 device: train.device,

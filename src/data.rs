@@ -218,7 +218,7 @@ pub fn decode(
     config: &DataConfig,
     on_image: &(dyn Fn() + Sync),
 ) -> Result<(Dataset, Vec<(PathBuf, String)>), DataError> {
-    let [height, width] = config.image_size;
+    let [height, width] = output_size(config);
     let channels = config.color.channels();
     let plane = height as usize * width as usize;
     let image_len = channels * plane;
@@ -261,15 +261,30 @@ pub fn decode(
     Ok((Dataset { listing, pixels: kept_pixels, shape, skipped_invalid }, problems))
 }
 
-/// Decodes one image into `out`, laid out channel by channel.
-fn decode_one(path: &Path, config: &DataConfig, out: &mut [f32]) -> Result<(), String> {
+/// The `[height, width]` the model sees: the centre crop, or else the resized size.
+pub fn output_size(config: &DataConfig) -> [u32; 2] {
+    config.center_crop.unwrap_or(config.image_size)
+}
+
+/// Resizes an image to `data.image_size` (bilinear) and takes its `data.center_crop`.
+pub fn prepare(mut image: image::DynamicImage, config: &DataConfig) -> image::DynamicImage {
     let [height, width] = config.image_size;
-    let reader = image::ImageReader::open(path).map_err(|error| error.to_string())?;
-    let reader = reader.with_guessed_format().map_err(|error| error.to_string())?;
-    let mut image = reader.decode().map_err(|error| error.to_string())?;
     if image.width() != width || image.height() != height {
         image = image.resize_exact(width, height, FilterType::Triangle);
     }
+    if let Some([crop_height, crop_width]) = config.center_crop {
+        let (left, top) = ((width - crop_width) / 2, (height - crop_height) / 2);
+        image = image.crop_imm(left, top, crop_width, crop_height);
+    }
+    image
+}
+
+/// Decodes one image into `out`, laid out channel by channel.
+fn decode_one(path: &Path, config: &DataConfig, out: &mut [f32]) -> Result<(), String> {
+    let reader = image::ImageReader::open(path).map_err(|error| error.to_string())?;
+    let reader = reader.with_guessed_format().map_err(|error| error.to_string())?;
+    let image = prepare(reader.decode().map_err(|error| error.to_string())?, config);
+    let [height, width] = output_size(config);
     let plane = height as usize * width as usize;
     let interleaved: Vec<f32> = match config.color {
         Color::Grayscale => image.to_luma32f().into_raw(),
@@ -307,6 +322,7 @@ mod tests {
             skip_invalid: false,
             color: Color::Grayscale,
             image_size: [2, 2],
+            center_crop: None,
             mean: vec![0.5],
             std: vec![0.5],
             csv: None,
@@ -357,6 +373,22 @@ mod tests {
         assert!(error.starts_with("2 image(s) could not be decoded"), "{error}");
         assert!(error.contains("broken.png"), "{error}");
         assert!(error.contains("empty.png"), "{error}");
+    }
+
+    #[test]
+    fn the_centre_crop_is_taken_after_resizing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 4×4 image whose centre 2×2 is white and whose border is black.
+        let mut image = image::GrayImage::new(4, 4);
+        for (x, y) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            image.put_pixel(x, y, image::Luma([255]));
+        }
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        image.save(dir.path().join("a/1.png")).unwrap();
+        let config = DataConfig { image_size: [4, 4], center_crop: Some([2, 2]), ..config() };
+        let (dataset, _) = decode(scan(dir.path(), false).unwrap(), &config, &|| {}).unwrap();
+        assert_eq!(dataset.shape, [1, 2, 2]);
+        assert_eq!(dataset.pixels, [1.0; 4], "only the white centre is left");
     }
 
     #[test]

@@ -15,8 +15,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-
 use crate::config::{Color, DataConfig};
 use crate::data::{Dataset, Listing, Sample};
 
@@ -178,13 +176,15 @@ pub fn load(folder: &Path, classes: &[u8], config: &DataConfig) -> Result<Datase
         return Err(IdxError::UnknownLabels { path: raw.labels_path, labels: unknown });
     }
 
-    let [height, width] = config.image_size.map(|size| size as usize);
+    let [height, width] = crate::data::output_size(config).map(|size| size as usize);
     let (mean, std) = (config.mean[0], config.std[0]);
     let count = raw.labels.len();
     let digits = count.max(1).to_string().len().max(5);
     let mut pixels = Vec::with_capacity(count * height * width);
     for image in raw.pixels.chunks_exact(raw.rows * raw.columns) {
-        let scaled: Vec<f32> = if (raw.rows, raw.columns) == (height, width) {
+        let as_stored = config.center_crop.is_none()
+            && [raw.rows, raw.columns] == config.image_size.map(|size| size as usize);
+        let scaled: Vec<f32> = if as_stored {
             image.iter().map(|value| f32::from(*value) / 255.0).collect()
         } else {
             let buffer =
@@ -193,12 +193,9 @@ pub fn load(folder: &Path, classes: &[u8], config: &DataConfig) -> Result<Datase
                         path: raw.images_path.clone(),
                         reason: "an image does not fill its rows and columns".into(),
                     })?;
-            let resized = image::DynamicImage::ImageLuma8(buffer).resize_exact(
-                width as u32,
-                height as u32,
-                FilterType::Triangle,
-            );
-            resized.to_luma32f().into_raw()
+            crate::data::prepare(image::DynamicImage::ImageLuma8(buffer), config)
+                .to_luma32f()
+                .into_raw()
         };
         pixels.extend(scaled.into_iter().map(|value| (value - mean) / std));
     }
@@ -242,6 +239,7 @@ mod tests {
             skip_invalid: false,
             color: Color::Grayscale,
             image_size: size,
+            center_crop: None,
             mean: vec![0.0],
             std: vec![1.0],
             csv: None,

@@ -126,6 +126,7 @@ struct TrainingDescription {
     validation_fraction: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     early_stopping: Option<crate::config::EarlyStoppingConfig>,
+    augment: crate::config::Augment,
 }
 
 #[derive(Debug, Serialize)]
@@ -307,6 +308,7 @@ fn fingerprint(
         csv: &'a Option<tabular::CsvConfig>,
         color: crate::config::Color,
         image_size: [u32; 2],
+        center_crop: Option<[u32; 2]>,
         mean: &'a [f32],
         std: &'a [f32],
         model: &'a ModelConfig,
@@ -319,6 +321,7 @@ fn fingerprint(
         csv: &config.data.csv,
         color: config.data.color,
         image_size: config.data.image_size,
+        center_crop: config.data.center_crop,
         mean: &config.data.mean,
         std: &config.data.std,
         model: &config.model,
@@ -732,6 +735,7 @@ fn describe_training(train: &TrainConfig) -> TrainingDescription {
         warmup_epochs: train.warmup_epochs,
         validation_fraction: train.validation_fraction,
         early_stopping: train.early_stopping,
+        augment: train.augment,
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
-use crate::config::{Loss, Optimizer, TrainConfig};
+use crate::config::{Augment, Loss, Optimizer, TrainConfig};
 use crate::model::Network;
 use crate::schedule::{EarlyStopping, LearningRates, Progress};
 use crate::ui::Ui;
@@ -124,7 +124,7 @@ pub fn train(
             step_in_run += 1;
             let start = step * batch_size;
             let indices = order.narrow(0, start, batch_size.min(samples - start));
-            let images = data.images.index_select(0, &indices);
+            let images = augment(&data.images.index_select(0, &indices), config.augment)?;
             let labels = data.labels.index_select(0, &indices);
             let logits = model.forward(&images)?;
             let loss = loss(&logits, &labels, config);
@@ -208,6 +208,38 @@ pub fn train(
     })
 }
 
+/// Applies `[train.augment]` to a batch of images (`[n, channels, height, width]`), drawing
+/// from libtorch's generator, which `train.seed` seeds: each image is mirrored with
+/// probability one half, and shifted within a zero border of `crop_padding` pixels.
+pub fn augment(images: &Tensor, augment: Augment) -> Result<Tensor, tch::TchError> {
+    if !augment.is_active() {
+        return Ok(images.shallow_clone());
+    }
+    let size = images.size();
+    let (count, height, width) = (size[0], size[2], size[3]);
+    let mut batch = images.shallow_clone();
+    if augment.flip {
+        let mirror = Tensor::rand([count], (Kind::Float, images.device())).lt(0.5);
+        batch = batch.flip([3]).where_self(&mirror.view([count, 1, 1, 1]), &batch);
+    }
+    let padding = i64::from(augment.crop_padding);
+    if padding > 0 {
+        let padded = batch.constant_pad_nd([padding, padding, padding, padding]);
+        let span = 2 * padding + 1;
+        let offsets = Tensor::randint(span, [count, 2], (Kind::Int64, tch::Device::Cpu));
+        let offsets = Vec::<i64>::try_from(offsets.flatten(0, -1))?;
+        let crops: Vec<Tensor> = offsets
+            .chunks_exact(2)
+            .enumerate()
+            .map(|(index, offset)| {
+                padded.get(index as i64).narrow(1, offset[0], height).narrow(2, offset[1], width)
+            })
+            .collect();
+        batch = Tensor::stack(&crops, 0);
+    }
+    Ok(batch)
+}
+
 /// Mean loss and accuracy on a held-out set, without gradients.
 fn evaluate(model: &Network, data: &Batches<'_>) -> Result<(f64, f64), TrainError> {
     tch::no_grad(|| {
@@ -234,4 +266,47 @@ fn restore(vs: &nn::VarStore, weights: &[(String, Tensor)]) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Tensor {
+        // Two 1×2×3 images: 0..6 and 6..12.
+        Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).view([2, 1, 2, 3])
+    }
+
+    #[test]
+    fn no_augmentation_leaves_the_batch_alone() {
+        let images = batch();
+        assert!(augment(&images, Augment::default()).unwrap().equal(&images));
+    }
+
+    #[test]
+    fn flips_mirror_whole_images_and_are_seeded() {
+        tch::manual_seed(11);
+        let flipped = augment(&batch(), Augment { flip: true, crop_padding: 0 }).unwrap();
+        let mirrored = batch().flip([3]);
+        for index in 0..2 {
+            let image = flipped.get(index);
+            assert!(image.equal(&batch().get(index)) || image.equal(&mirrored.get(index)));
+        }
+        tch::manual_seed(11);
+        let again = augment(&batch(), Augment { flip: true, crop_padding: 0 }).unwrap();
+        assert!(again.equal(&flipped), "the same seed, the same flips");
+    }
+
+    #[test]
+    fn padded_crops_keep_the_size_and_shift_the_content() {
+        tch::manual_seed(3);
+        let shifted = augment(&batch(), Augment { flip: false, crop_padding: 1 }).unwrap();
+        assert_eq!(shifted.size(), [2, 1, 2, 3]);
+        // Every value is from the image or the zero border; the sum can only drop.
+        let original = f64::try_from(batch().get(1).sum(Kind::Float)).unwrap();
+        let moved = f64::try_from(shifted.get(1).sum(Kind::Float)).unwrap();
+        assert!(moved <= original);
+        let values = Vec::<f32>::try_from(shifted.get(1).flatten(0, -1)).unwrap();
+        assert!(values.iter().all(|v| *v == 0.0 || (6.0..12.0).contains(v)), "{values:?}");
+    }
 }

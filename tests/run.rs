@@ -828,3 +828,32 @@ fn a_csv_dataset_trains_a_tabular_model_with_standardisation() {
         stderr(&output)
     );
 }
+
+#[test]
+fn centre_crop_and_seeded_augmentation_train_reproducibly() {
+    let project = Project::new()
+        .replacing("image_size = [28, 28]", "image_size = [28, 28]\ncenter_crop = [24, 24]")
+        .replacing("epochs = 3", "epochs = 4\naugment = { flip = true, crop_padding = 2 }");
+    let first = project.run(&["--output", "one"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(project.run(&["--output", "two", "--no-run-cache"]).status.code(), Some(0));
+    let metrics = project.json("one/metrics.json");
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() > 0.5, "{metrics:#}");
+    assert_eq!(metrics["metadata"]["training"]["augment"]["crop_padding"], 2);
+    // 24 × 24 inputs: the first layer has 576 × 32 weights.
+    assert_eq!(metrics["metadata"]["model"]["parameters"], 576 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(
+        without_durations(metrics.clone()),
+        without_durations(project.json("two/metrics.json")),
+        "the same seed draws the same augmentation"
+    );
+    assert_eq!(project.json("one/model.json")["input"]["center_crop"], serde_json::json!([24, 24]));
+
+    let too_big = Project::new()
+        .replacing("image_size = [28, 28]", "image_size = [28, 28]\ncenter_crop = [32, 24]");
+    let message = stderr(&too_big.run(&[]));
+    assert!(
+        message.contains("data.center_crop [32, 24] is larger than data.image_size"),
+        "{message}"
+    );
+}
