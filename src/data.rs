@@ -375,6 +375,68 @@ mod tests {
         assert!(error.contains("empty.png"), "{error}");
     }
 
+    /// Decodes the one image of a folder holding `name` under class `a`.
+    fn decode_single(dir: &Path, color: Color) -> Vec<f32> {
+        let channels = color.channels();
+        let config = DataConfig {
+            color,
+            image_size: [1, 2],
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+            ..config()
+        };
+        decode(scan(dir, false).unwrap(), &config, &|| {}).unwrap().0.pixels
+    }
+
+    #[test]
+    fn every_png_colour_type_converts_to_the_configured_channels() {
+        let folder = |write: &dyn Fn(&Path)| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("a")).unwrap();
+            write(&dir.path().join("a/1.png"));
+            dir
+        };
+        // Two pixels: red, then white. Grayscale uses the Rec. 709 luma weights.
+        let rgb = folder(&|path| {
+            image::RgbImage::from_raw(2, 1, vec![255, 0, 0, 255, 255, 255])
+                .unwrap()
+                .save(path)
+                .unwrap()
+        });
+        let reference = decode_single(rgb.path(), Color::Grayscale);
+        assert!((reference[0] - 0.2126).abs() < 0.01, "{reference:?}");
+        assert!((reference[1] - 1.0).abs() < 1e-6, "{reference:?}");
+
+        // RGBA: the alpha channel is dropped, whatever it is.
+        let rgba = folder(&|path| {
+            image::RgbaImage::from_raw(2, 1, vec![255, 0, 0, 0, 255, 255, 255, 7])
+                .unwrap()
+                .save(path)
+                .unwrap()
+        });
+        assert_eq!(decode_single(rgba.path(), Color::Grayscale), reference);
+        assert_eq!(decode_single(rgba.path(), Color::Rgb), decode_single(rgb.path(), Color::Rgb));
+
+        // A palette image: the same colours by index.
+        let palette = folder(&|path| {
+            let mut encoder = png::Encoder::new(std::fs::File::create(path).unwrap(), 2, 1);
+            encoder.set_color(png::ColorType::Indexed);
+            encoder.set_palette(vec![255, 0, 0, 255, 255, 255]);
+            encoder.write_header().unwrap().write_image_data(&[0, 1]).unwrap();
+        });
+        assert_eq!(decode_single(palette.path(), Color::Grayscale), reference);
+
+        // 16-bit grayscale: full scale is 1.0, and an RGB model gets it on every channel.
+        let deep = folder(&|path| {
+            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![0u16, 65535])
+                .unwrap()
+                .save(path)
+                .unwrap()
+        });
+        assert_eq!(decode_single(deep.path(), Color::Grayscale), [0.0, 1.0]);
+        assert_eq!(decode_single(deep.path(), Color::Rgb), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+    }
+
     #[test]
     fn the_centre_crop_is_taken_after_resizing() {
         let dir = tempfile::tempdir().unwrap();

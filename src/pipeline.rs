@@ -164,7 +164,7 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     let output = options.output.clone().unwrap_or_else(|| config.output.dir.clone());
     let baseline = read_baseline(&location, &config, ui)?;
     let device = torch::choose_device(config.train.device)?;
-    ui.debug(format!("device {} ({})", device.name, device.reason));
+    tell_device(&device, config.train.device, ui);
 
     // The plan: the datasets' digests (which also keeps them in the store) and the run's
     // fingerprint, before anything is decoded or trained.
@@ -235,6 +235,13 @@ pub fn run(options: &RunOptions, ui: &Ui) -> anyhow::Result<RunResult> {
     }
 
     Ok(RunResult { outcome, output, report, baseline_updated: options.update_baseline, cache_hit })
+}
+
+/// Says which device a run uses: as status when `auto` chose it, so that the log shows the
+/// choice and its reason; as a debug line when the config named it.
+fn tell_device(device: &ChosenDevice, requested: crate::config::Device, ui: &Ui) {
+    let line = format!("device {} ({})", device.name, device.reason);
+    if requested == crate::config::Device::Auto { ui.status(line) } else { ui.debug(line) }
 }
 
 /// The first 12 hex digits of a digest, enough to tell runs apart in a message.
@@ -774,7 +781,7 @@ pub fn train_only(config_path: &Path, output: Option<&Path>, ui: &Ui) -> anyhow:
     let config = Config::load(config_path)?;
     let output = output.map_or_else(|| config.output.dir.clone(), Path::to_path_buf);
     let device = torch::choose_device(config.train.device)?;
-    ui.debug(format!("device {} ({})", device.name, device.reason));
+    tell_device(&device, config.train.device, ui);
     prepare_libtorch(&config);
     let scaling = standardization(&config.data)?;
     let train_set = load_dataset(&config.data.train, &config.data, None, scaling.as_ref(), ui)?;

@@ -857,3 +857,15 @@ fn centre_crop_and_seeded_augmentation_train_reproducibly() {
         "{message}"
     );
 }
+
+#[test]
+fn auto_device_says_what_it_chose_and_why() {
+    let project = Project::new().replacing("device = \"cpu\"", "device = \"auto\"");
+    let output = Command::new(env!("CARGO_BIN_EXE_modelci"))
+        .current_dir(project.path(""))
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("device cpu (auto: "), "{}", stderr(&output));
+}
