@@ -393,7 +393,8 @@ fn doctor(stdout: &mut dyn Write) -> anyhow::Result<Exit> {
     };
     let yes_no = |flag: bool| if flag { "yes" } else { "no" };
     let text = format!(
-        "modelci {}\nlibtorch: {LIBTORCH_VERSION} ({LIBTORCH_LIB})\nloaded: {loaded}\ncuda: {cuda}\nthreads: {} \
+        "modelci {}\nlibtorch: {LIBTORCH_VERSION} ({LIBTORCH_LIB})\nloaded: {loaded}\ncuda: \
+         {cuda}\nthreads: {} \
          (set per run by train.threads)\nopenmp: {}, mkl: {}, mkldnn: {}\n",
         env!("CARGO_PKG_VERSION"),
         tch::get_num_threads(),

@@ -194,9 +194,17 @@ pub fn network(
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
-    #[error("the TorchScript model {} does not exist\nhint: model.path is relative to the config's folder", .0.display())]
+    #[error(
+        "the TorchScript model {} does not exist\nhint: model.path is relative to the config's \
+         folder",
+        .0.display()
+    )]
     Missing(std::path::PathBuf),
-    #[error("the TorchScript model {} is empty\nhint: save it with torch.jit.save(torch.jit.script(model), path)", .0.display())]
+    #[error(
+        "the TorchScript model {} is empty\nhint: save it with \
+         torch.jit.save(torch.jit.script(model), path)",
+        .0.display()
+    )]
     Empty(std::path::PathBuf),
     #[error(
         "{} is not a TorchScript file ({reason})\nhint: export the model with \
