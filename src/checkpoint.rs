@@ -27,6 +27,9 @@ pub struct Checkpoint {
     pub input: Input,
     /// Class names; a label is an index into this.
     pub classes: Vec<String>,
+    /// The model's outputs: one per class, or 1 for a binary model (the second class's logit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<usize>,
     pub modelci_version: String,
     pub libtorch_version: String,
 }
@@ -55,6 +58,7 @@ impl Checkpoint {
         model: &ModelConfig,
         data: &DataConfig,
         classes: &[String],
+        outputs: usize,
         standardization: Option<&crate::tabular::Standardization>,
     ) -> Checkpoint {
         // A TorchScript module travels with the checkpoint, under a name of its own.
@@ -78,6 +82,7 @@ impl Checkpoint {
                 standardization: standardization.cloned(),
             },
             classes: classes.to_vec(),
+            outputs: (outputs != classes.len()).then_some(outputs),
             modelci_version: env!("CARGO_PKG_VERSION").to_string(),
             libtorch_version: crate::torch::LIBTORCH_VERSION.to_string(),
         }

@@ -208,6 +208,19 @@ pub enum Optimizer {
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     CrossEntropy,
+    /// For two classes: one output, the logit of the second class (in sorted order), trained
+    /// with binary cross-entropy.
+    BinaryCrossEntropy,
+}
+
+impl Loss {
+    /// How many outputs the model needs for `classes` classes.
+    pub fn outputs(self, classes: usize) -> usize {
+        match self {
+            Loss::CrossEntropy => classes,
+            Loss::BinaryCrossEntropy => 1,
+        }
+    }
 }
 
 /// Where training and evaluation run.
@@ -1065,6 +1078,13 @@ impl RawConfig {
             }
         };
 
+        if train.loss == Loss::BinaryCrossEntropy && train.label_smoothing > 0.0 {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: "train.label_smoothing applies only to loss = \"cross_entropy\""
+                    .to_string(),
+            });
+        }
         let validation_fraction = match train.validation_fraction {
             Some(fraction) => {
                 let value = *fraction.get_ref();
@@ -1444,6 +1464,10 @@ hidden = [32]
             ("clip_grad_norm = 0", "must be a number greater than 0, got 0"),
             ("warmup_epochs = 9", "train.warmup_epochs (9) is more than train.epochs (5)"),
             ("schedule = \"linear\"", "unknown variant `linear`, expected one of"),
+            (
+                "loss = \"binary_cross_entropy\"\nlabel_smoothing = 0.1",
+                "label_smoothing applies only to loss = \"cross_entropy\"",
+            ),
         ];
         for (body, expected) in cases {
             let message = error(&train(body));

@@ -24,7 +24,7 @@ pub fn predict(
         while start < total {
             let length = BATCH.min(total - start);
             let batch_samples = &samples[start as usize..(start + length) as usize];
-            let logits = model.forward(&images.narrow(0, start, length))?;
+            let logits = two_class_logits(model.forward(&images.narrow(0, start, length))?);
             let log_probabilities = logits.log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
             let labels: Vec<i64> = batch_samples.iter().map(|sample| sample.label as i64).collect();
             let labels = Tensor::from_slice(&labels);
@@ -55,6 +55,17 @@ pub fn predict(
         }
         Ok(predictions)
     })
+}
+
+/// A binary model's one logit `z` as the two class logits `[0, z]`: their softmax is
+/// `[1 - sigmoid(z), sigmoid(z)]`, so the per-sample cross-entropy is the binary one, and
+/// everything downstream sees two classes.
+fn two_class_logits(logits: Tensor) -> Tensor {
+    if logits.size().last() == Some(&1) {
+        Tensor::cat(&[logits.zeros_like(), logits], 1)
+    } else {
+        logits
+    }
 }
 
 /// What `modelci evaluate` wrote.
@@ -95,13 +106,9 @@ pub fn evaluate_checkpoint(
     let load_seconds = started.elapsed().as_secs_f64();
 
     let mut vs = nn::VarStore::new(device.device);
-    let mut network = model::network(
-        &vs.root(),
-        &description.model,
-        dataset.shape,
-        description.classes.len(),
-        checkpoint_dir,
-    )?;
+    let outputs = description.outputs.unwrap_or(description.classes.len());
+    let mut network =
+        model::network(&vs.root(), &description.model, dataset.shape, outputs, checkpoint_dir)?;
     network.set_training(false);
     checkpoint::load_weights(&mut vs, checkpoint_dir)?;
     let started = std::time::Instant::now();

@@ -23,7 +23,7 @@ use tch::nn;
 
 use crate::atomic;
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{Config, Layout, ModelConfig, Optimizer, TrainConfig};
+use crate::config::{Config, Layout, Loss, ModelConfig, Optimizer, TrainConfig};
 use crate::data::{self, Dataset};
 use crate::evaluate;
 use crate::gate::input::{self, BaselineSource, RunInput};
@@ -428,11 +428,20 @@ pub fn fit(
     let classes = &train_set.listing.classes;
 
     let vs = nn::VarStore::new(device.device);
+    if config.train.loss == Loss::BinaryCrossEntropy && classes.len() != 2 {
+        bail!(
+            "train.loss = \"binary_cross_entropy\" needs exactly two classes; {} has {} ({})\n\
+             hint: use loss = \"cross_entropy\" for more classes",
+            config.data.train.display(),
+            classes.len(),
+            classes.join(", ")
+        );
+    }
     let mut network = model::network(
         &vs.root(),
         &config.model,
         train_set.shape,
-        classes.len(),
+        outputs(config, classes),
         config_dir(config),
     )?;
     if vs.trainable_variables().is_empty() {
@@ -482,6 +491,11 @@ pub fn fit(
     Ok(Fitted { vs, network, trained, validation_size })
 }
 
+/// How many outputs the configured loss needs for `classes`.
+fn outputs(config: &Config, classes: &[String]) -> usize {
+    config.train.loss.outputs(classes.len())
+}
+
 /// The folder the config's relative paths start from.
 fn config_dir(config: &Config) -> &Path {
     config.path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
@@ -521,8 +535,14 @@ fn train_and_evaluate(
     let Fitted { vs, network, trained, validation_size } = &fitted;
     let classes = train_set.listing.classes.clone();
     let checkpoint = checkpoint::weights(vs)?;
-    let description =
-        Checkpoint::new(&config.model, &config.data, &classes, scaling.as_ref()).to_json()?;
+    let description = Checkpoint::new(
+        &config.model,
+        &config.data,
+        &classes,
+        outputs(config, &classes),
+        scaling.as_ref(),
+    )
+    .to_json()?;
     let test_images = images_tensor(&test_set, device.device);
 
     let started = Instant::now();
@@ -787,7 +807,13 @@ pub fn train_only(config_path: &Path, output: Option<&Path>, ui: &Ui) -> anyhow:
     let train_set = load_dataset(&config.data.train, &config.data, None, scaling.as_ref(), ui)?;
     let fitted = fit(&config, &device, &train_set, ui)?;
     let classes = &train_set.listing.classes;
-    let description = Checkpoint::new(&config.model, &config.data, classes, scaling.as_ref());
+    let description = Checkpoint::new(
+        &config.model,
+        &config.data,
+        classes,
+        outputs(&config, classes),
+        scaling.as_ref(),
+    );
     atomic::write(&output.join(CHECKPOINT_FILE), &checkpoint::weights(&fitted.vs)?)?;
     atomic::write(&output.join(checkpoint::DESCRIPTION_FILE), &description.to_json()?)?;
     if let Some(script) = script_bytes(&config)? {

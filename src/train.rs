@@ -69,6 +69,27 @@ fn loss(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
             -100,
             config.label_smoothing,
         ),
+        Loss::BinaryCrossEntropy => binary_loss(logits, labels),
+    }
+}
+
+/// Binary cross-entropy of one logit per sample against labels 0 and 1.
+fn binary_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.squeeze_dim(-1).binary_cross_entropy_with_logits::<Tensor>(
+        &labels.to_kind(Kind::Float),
+        None,
+        None,
+        tch::Reduction::Mean,
+    )
+}
+
+/// The predicted class of each sample: the best of the class logits, or for one binary
+/// logit, class 1 when it is positive.
+pub fn predicted_classes(logits: &Tensor) -> Tensor {
+    if logits.size().last() == Some(&1) {
+        logits.squeeze_dim(-1).gt(0.0).to_kind(Kind::Int64)
+    } else {
+        logits.argmax(-1, false)
     }
 }
 
@@ -160,7 +181,7 @@ pub fn train(
         };
         let mut stop = false;
         if let Some(validation) = &validation {
-            let (validation_loss, validation_accuracy) = evaluate(model, validation)?;
+            let (validation_loss, validation_accuracy) = evaluate(model, validation, config)?;
             stats.validation_loss = Some(validation_loss);
             stats.validation_accuracy = Some(validation_accuracy);
             ui.status(format!(
@@ -241,11 +262,19 @@ pub fn augment(images: &Tensor, augment: Augment) -> Result<Tensor, tch::TchErro
 }
 
 /// Mean loss and accuracy on a held-out set, without gradients.
-fn evaluate(model: &Network, data: &Batches<'_>) -> Result<(f64, f64), TrainError> {
+fn evaluate(
+    model: &Network,
+    data: &Batches<'_>,
+    config: &TrainConfig,
+) -> Result<(f64, f64), TrainError> {
     tch::no_grad(|| {
         let logits = model.forward(data.images)?;
-        let loss = f64::try_from(logits.cross_entropy_for_logits(data.labels))?;
-        let correct = logits.argmax(-1, false).eq_tensor(data.labels).to_kind(Kind::Float);
+        let loss = match config.loss {
+            Loss::CrossEntropy => logits.cross_entropy_for_logits(data.labels),
+            Loss::BinaryCrossEntropy => binary_loss(&logits, data.labels),
+        };
+        let loss = f64::try_from(loss)?;
+        let correct = predicted_classes(&logits).eq_tensor(data.labels).to_kind(Kind::Float);
         let accuracy = f64::try_from(correct.mean(Kind::Float))?;
         Ok((loss, accuracy))
     })

@@ -869,3 +869,47 @@ fn auto_device_says_what_it_chose_and_why() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stderr(&output).contains("device cpu (auto: "), "{}", stderr(&output));
 }
+
+#[test]
+fn binary_cross_entropy_trains_one_logit_for_two_classes() {
+    let project =
+        Project::new().replacing("epochs = 3", "epochs = 3\nloss = \"binary_cross_entropy\"");
+    let ten_classes = project.run(&[]);
+    assert_eq!(ten_classes.status.code(), Some(2));
+    assert!(
+        stderr(&ten_classes).contains("needs exactly two classes; ./data/train has 10"),
+        "{}",
+        stderr(&ten_classes)
+    );
+
+    // Keep the digits 0 and 1.
+    for split in ["train", "test"] {
+        for digit in 2..10 {
+            std::fs::remove_dir_all(project.path(&format!("data/{split}/{digit}"))).unwrap();
+        }
+    }
+    let output = project.run(&["--output", "run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let metrics = project.json("run/metrics.json");
+    assert_eq!(metrics["metadata"]["model"]["parameters"], 784 * 32 + 32 + 32 + 1, "one output");
+    assert!(metrics["metrics"]["accuracy"].as_f64().unwrap() >= 0.95, "{metrics:#}");
+    assert_eq!(project.json("run/model.json")["outputs"], 1);
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(project.path("run/predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let confidence = first["confidence"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&confidence), "{first}");
+
+    let data = project.path("data/test");
+    let evaluated = modelci(
+        project.path("").as_path(),
+        &["--quiet", "evaluate", "--checkpoint", "run", "--data", data.to_str().unwrap()],
+    );
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    assert_eq!(project.json("modelci-output/metrics.json")["metrics"], metrics["metrics"]);
+}
