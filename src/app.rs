@@ -286,15 +286,11 @@ fn evaluate(
         args.device,
         ui,
     )?;
-    let metrics = &evaluated.metrics;
     write_out(
         stdout,
         &format!(
-            "evaluated {} samples: accuracy {:.4}, loss {:.4}, macro F1 {:.4}\nmetrics: {}\n",
-            evaluated.samples,
-            metrics.accuracy,
-            metrics.loss,
-            metrics.macro_average.f1,
+            "{}\nmetrics: {}\n",
+            evaluated.summary,
             evaluated.output.join(crate::pipeline::METRICS_FILE).display()
         ),
     )?;

@@ -211,6 +211,8 @@ pub enum Loss {
     /// For two classes: one output, the logit of the second class (in sorted order), trained
     /// with binary cross-entropy.
     BinaryCrossEntropy,
+    /// Mean squared error, for regression (`data.task = "regression"`).
+    Mse,
 }
 
 impl Loss {
@@ -218,7 +220,7 @@ impl Loss {
     pub fn outputs(self, classes: usize) -> usize {
         match self {
             Loss::CrossEntropy => classes,
-            Loss::BinaryCrossEntropy => 1,
+            Loss::BinaryCrossEntropy | Loss::Mse => 1,
         }
     }
 }
@@ -481,6 +483,7 @@ struct RawData {
     label: Option<Spanned<String>>,
     features: Option<Spanned<Vec<String>>>,
     standardize: Option<Spanned<bool>>,
+    task: Option<Spanned<crate::tabular::Task>>,
 }
 
 /// `train = "data/train"`, or `train = { url = "...", sha256 = "...", path = "...",
@@ -773,6 +776,7 @@ impl RawConfig {
             data.label.as_ref().map(|v| ("label", v.span())),
             data.features.as_ref().map(|v| ("features", v.span())),
             data.standardize.as_ref().map(|v| ("standardize", v.span())),
+            data.task.as_ref().map(|v| ("task", v.span())),
         ];
         let image_only = [
             data.image_size.as_ref().map(|v| ("image_size", v.span())),
@@ -799,6 +803,7 @@ impl RawConfig {
                 label: label.into_inner(),
                 features: data.features.map(Spanned::into_inner),
                 standardize: data.standardize.is_some_and(|value| value.into_inner()),
+                task: data.task.map(Spanned::into_inner).unwrap_or_default(),
             };
             // Rows are `[features, 1, 1]`; the image size is not used.
             ([1, 1], Some(csv))
@@ -1078,6 +1083,33 @@ impl RawConfig {
             }
         };
 
+        let regression =
+            csv.as_ref().is_some_and(|csv| csv.task == crate::tabular::Task::Regression);
+        if regression != (train.loss == Loss::Mse) {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: if regression {
+                    "data.task = \"regression\" trains with train.loss = \"mse\"; set it"
+                } else {
+                    "train.loss = \"mse\" is for regression: set data.layout = \"csv\" and \
+                     data.task = \"regression\", or use a classification loss"
+                }
+                .to_string(),
+            });
+        }
+        if regression
+            && train
+                .early_stopping
+                .as_ref()
+                .is_some_and(|rule| rule.get_ref().metric == Watched::Accuracy)
+        {
+            return Err(ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: "a regression has no accuracy: watch metric = \"loss\" in \
+                          train.early_stopping"
+                    .to_string(),
+            });
+        }
         if train.loss == Loss::BinaryCrossEntropy && train.label_smoothing > 0.0 {
             return Err(ConfigError::InvalidFile {
                 path: path.to_path_buf(),
@@ -1522,6 +1554,16 @@ hidden = [32]
             let message = error(&text);
             assert!(message.contains(expected), "{text}: {message}");
         }
+        let regression = format!("{csv}label = \"y\"\ntask = \"regression\"\n{model}");
+        assert!(error(&regression).contains("trains with train.loss = \"mse\""));
+        let with_mse = format!("{regression}\n[train]\nloss = \"mse\"\n");
+        assert_eq!(parse(&with_mse).unwrap().train.loss, Loss::Mse);
+        let mse_alone = format!("{MINIMAL}\n[train]\nloss = \"mse\"\n");
+        assert!(error(&mse_alone).contains("train.loss = \"mse\" is for regression"));
+        let watched = format!(
+            "{with_mse}validation_fraction = 0.2\nearly_stopping = {{ metric = \"accuracy\" }}\n"
+        );
+        assert!(error(&watched).contains("a regression has no accuracy"));
     }
 
     #[test]

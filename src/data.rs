@@ -51,6 +51,8 @@ pub struct Dataset {
     pub shape: [usize; 3],
     /// Images that failed to decode and were left out (only with `data.skip_invalid`).
     pub skipped_invalid: usize,
+    /// A regression's target of each sample, in order; `None` for classification.
+    pub targets: Option<Vec<f32>>,
 }
 
 impl Dataset {
@@ -240,7 +242,10 @@ pub fn decode(
     };
     let shape = [channels, height as usize, width as usize];
     if problems.is_empty() {
-        return Ok((Dataset { listing, pixels, shape, skipped_invalid: 0 }, problems));
+        return Ok((
+            Dataset { listing, pixels, shape, skipped_invalid: 0, targets: None },
+            problems,
+        ));
     }
     if !config.skip_invalid {
         return Err(DataError::Undecodable(problems));
@@ -258,7 +263,7 @@ pub fn decode(
     }
     let skipped_invalid = problems.len();
     let listing = Listing { samples: kept_samples, ..listing };
-    Ok((Dataset { listing, pixels: kept_pixels, shape, skipped_invalid }, problems))
+    Ok((Dataset { listing, pixels: kept_pixels, shape, skipped_invalid, targets: None }, problems))
 }
 
 /// The `[height, width]` the model sees: the centre crop, or else the resized size.

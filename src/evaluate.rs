@@ -57,6 +57,38 @@ pub fn predict(
     })
 }
 
+/// Predicts a regression's value for every row of `images` and pairs it with `samples` and
+/// their `targets`, in order.
+pub fn predict_regression(
+    model: &Network,
+    images: &Tensor,
+    samples: &[Sample],
+    targets: &[f32],
+) -> Result<Vec<crate::metrics::RegressionPrediction>, tch::TchError> {
+    let total = images.size()[0];
+    let mut predictions = Vec::with_capacity(samples.len());
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < total {
+            let length = BATCH.min(total - start);
+            let values = model.forward(&images.narrow(0, start, length))?.flatten(0, -1);
+            let values = Vec::<f32>::try_from(&values.to_device(tch::Device::Cpu))?;
+            for (offset, value) in values.iter().enumerate() {
+                let index = start as usize + offset;
+                let (target, prediction) = (f64::from(targets[index]), f64::from(*value));
+                predictions.push(crate::metrics::RegressionPrediction {
+                    id: samples[index].id.clone(),
+                    target,
+                    prediction,
+                    loss: (prediction - target).powi(2),
+                });
+            }
+            start += length;
+        }
+        Ok(predictions)
+    })
+}
+
 /// A binary model's one logit `z` as the two class logits `[0, z]`: their softmax is
 /// `[1 - sigmoid(z), sigmoid(z)]`, so the per-sample cross-entropy is the binary one, and
 /// everything downstream sees two classes.
@@ -71,9 +103,12 @@ fn two_class_logits(logits: Tensor) -> Tensor {
 /// What `modelci evaluate` wrote.
 #[derive(Debug)]
 pub struct Evaluated {
-    pub metrics: crate::metrics::Metrics,
+    /// Classification or regression metrics, as in `metrics.json`.
+    pub metrics: serde_json::Value,
     pub output: std::path::PathBuf,
     pub samples: usize,
+    /// One line: what was evaluated and the headline metrics.
+    pub summary: String,
 }
 
 /// `modelci evaluate`: the checkpoint in `checkpoint_dir` (a run folder or the output of
@@ -86,8 +121,6 @@ pub fn evaluate_checkpoint(
     device: crate::config::Device,
     ui: &crate::ui::Ui,
 ) -> anyhow::Result<Evaluated> {
-    use anyhow::Context;
-
     use crate::checkpoint::{self, Checkpoint};
     use crate::pipeline;
 
@@ -113,9 +146,8 @@ pub fn evaluate_checkpoint(
     checkpoint::load_weights(&mut vs, checkpoint_dir)?;
     let started = std::time::Instant::now();
     let images = pipeline::images_tensor(&dataset, device.device);
-    let predictions = predict(&network, &images, &dataset.listing.samples)
-        .context("libtorch failed while evaluating")?;
-    let (metrics, confusion) = crate::metrics::compute(&predictions, &description.classes);
+    let (metrics, confusion, predictions, status) =
+        pipeline::evaluate_set(&network, &images, &dataset, &description.classes)?;
     let evaluate_seconds = started.elapsed().as_secs_f64();
 
     let file = serde_json::json!({
@@ -134,9 +166,6 @@ pub fn evaluate_checkpoint(
         },
     });
     crate::atomic::write(&output.join(pipeline::METRICS_FILE), &pipeline::to_json(&file)?)?;
-    crate::atomic::write(
-        &output.join(pipeline::PREDICTIONS_FILE),
-        &pipeline::predictions_lines(&predictions)?,
-    )?;
-    Ok(Evaluated { metrics, output: output.to_path_buf(), samples: dataset.len() })
+    crate::atomic::write(&output.join(pipeline::PREDICTIONS_FILE), &predictions)?;
+    Ok(Evaluated { metrics, output: output.to_path_buf(), samples: dataset.len(), summary: status })
 }

@@ -214,7 +214,7 @@ pub fn load(folder: &Path, classes: &[u8], config: &DataConfig) -> Result<Datase
         samples,
         skipped: Vec::new(),
     };
-    Ok(Dataset { listing, pixels, shape: [1, height, width], skipped_invalid: 0 })
+    Ok(Dataset { listing, pixels, shape: [1, height, width], skipped_invalid: 0, targets: None })
 }
 
 #[cfg(test)]

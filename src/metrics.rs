@@ -189,6 +189,49 @@ pub fn calibration_error(predictions: &[Prediction]) -> f64 {
         .sum()
 }
 
+/// One test sample of a regression model, as written to `predictions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionPrediction {
+    /// Identifies the sample across runs: its data row.
+    pub id: String,
+    /// The true value.
+    pub target: f64,
+    /// The model's value.
+    pub prediction: f64,
+    /// The squared error.
+    pub loss: f64,
+}
+
+/// The metrics of a regression model, in the shape `metrics.json` stores under `"metrics"`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RegressionMetrics {
+    /// The mean squared error, the training loss.
+    pub loss: f64,
+    pub mse: f64,
+    pub rmse: f64,
+    pub mae: f64,
+    /// The coefficient of determination: 1 − (residual sum of squares / total sum of
+    /// squares). `null` when the targets do not vary, where it is undefined.
+    pub r2: Option<f64>,
+}
+
+/// MSE, RMSE, MAE and R² from the predictions.
+pub fn regression(predictions: &[RegressionPrediction]) -> RegressionMetrics {
+    let count = predictions.len() as f64;
+    let squared: f64 = predictions.iter().map(|p| (p.prediction - p.target).powi(2)).sum();
+    let absolute: f64 = predictions.iter().map(|p| (p.prediction - p.target).abs()).sum();
+    let mean = ratio(predictions.iter().map(|p| p.target).sum(), count);
+    let total: f64 = predictions.iter().map(|p| (p.target - mean).powi(2)).sum();
+    let mse = ratio(squared, count);
+    RegressionMetrics {
+        loss: mse,
+        mse,
+        rmse: mse.sqrt(),
+        mae: ratio(absolute, count),
+        r2: (total > 0.0).then(|| 1.0 - squared / total),
+    }
+}
+
 /// `numerator / denominator`, or 0 when the denominator is 0.
 fn ratio(numerator: f64, denominator: f64) -> f64 {
     if denominator == 0.0 { 0.0 } else { numerator / denominator }
@@ -207,6 +250,25 @@ mod tests {
             loss: 0.5,
             top: Vec::new(),
         }
+    }
+
+    #[test]
+    fn regression_metrics_by_hand() {
+        let row = |target, prediction: f64| RegressionPrediction {
+            id: String::new(),
+            target,
+            prediction,
+            loss: (prediction - target).powi(2),
+        };
+        // Targets 1, 2, 3 (mean 2, total sum of squares 2); errors +1, 0, −2.
+        let metrics = regression(&[row(1.0, 2.0), row(2.0, 2.0), row(3.0, 1.0)]);
+        assert_eq!(metrics.mse, 5.0 / 3.0);
+        assert_eq!(metrics.loss, metrics.mse);
+        assert!((metrics.rmse - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(metrics.mae, 1.0);
+        assert_eq!(metrics.r2, Some(1.0 - 5.0 / 2.0));
+        assert_eq!(regression(&[row(4.0, 4.0), row(4.0, 5.0)]).r2, None, "constant targets");
+        assert_eq!(regression(&[row(1.0, 1.0), row(3.0, 3.0)]).r2, Some(1.0));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::evaluate;
 use crate::gate::input::{self, BaselineSource, RunInput};
 use crate::gate::{self, METRICS_SCHEMA, Outcome, Verdict};
 use crate::idx;
-use crate::metrics::{self, ConfusionMatrix, Metrics, Prediction};
+use crate::metrics::{self, ConfusionMatrix};
 use crate::model;
 use crate::report::{self, RunSummary};
 use crate::schedule;
@@ -75,10 +75,14 @@ pub struct RunResult {
 #[derive(Debug, Serialize)]
 struct MetricsFile<'a> {
     schema: &'static str,
-    metrics: &'a Metrics,
+    /// Classification or regression metrics.
+    metrics: &'a serde_json::Value,
+    /// Empty for a regression.
     classes: &'a [String],
-    /// Rows are true classes, columns predicted classes, both in `classes` order.
-    confusion_matrix: &'a ConfusionMatrix,
+    /// Rows are true classes, columns predicted classes, both in `classes` order; absent for a
+    /// regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confusion_matrix: Option<&'a ConfusionMatrix>,
     metadata: Metadata<'a>,
 }
 
@@ -407,6 +411,50 @@ pub struct Fitted {
     pub validation_size: usize,
 }
 
+/// The labels of `dataset` as a tensor: class indices, or a regression's float targets.
+pub fn labels_tensor(dataset: &Dataset) -> Tensor {
+    match &dataset.targets {
+        Some(targets) => Tensor::from_slice(targets),
+        None => Tensor::from_slice(&dataset.labels()),
+    }
+}
+
+/// Predicts every test sample and computes the metrics: `(metrics, confusion matrix,
+/// predictions file, status line)`, for classification or regression alike.
+pub fn evaluate_set(
+    network: &model::Network,
+    images: &Tensor,
+    dataset: &Dataset,
+    classes: &[String],
+) -> anyhow::Result<(serde_json::Value, Option<ConfusionMatrix>, Vec<u8>, String)> {
+    if let Some(targets) = &dataset.targets {
+        let predictions =
+            evaluate::predict_regression(network, images, &dataset.listing.samples, targets)
+                .context("libtorch failed while evaluating")?;
+        let metrics = metrics::regression(&predictions);
+        let status = format!(
+            "evaluated {} test rows: mse {:.4}, mae {:.4}, r2 {}",
+            dataset.len(),
+            metrics.mse,
+            metrics.mae,
+            metrics.r2.map_or("undefined".to_string(), |r2| format!("{r2:.4}"))
+        );
+        let lines = json_lines(&predictions)?;
+        return Ok((serde_json::to_value(metrics)?, None, lines, status));
+    }
+    let predictions = evaluate::predict(network, images, &dataset.listing.samples)
+        .context("libtorch failed while evaluating")?;
+    let (metrics, confusion) = metrics::compute(&predictions, classes);
+    let status = format!(
+        "evaluated {} test images: accuracy {:.4}, loss {:.4}",
+        dataset.len(),
+        metrics.accuracy,
+        metrics.loss
+    );
+    let lines = json_lines(&predictions)?;
+    Ok((serde_json::to_value(metrics)?, Some(confusion), lines, status))
+}
+
 /// The images of `dataset` as one `[n, channels, height, width]` tensor on `device`.
 pub fn images_tensor(dataset: &Dataset, device: tch::Device) -> Tensor {
     let [channels, height, width] = dataset.shape.map(|size| size as i64);
@@ -424,7 +472,7 @@ pub fn fit(
     ui: &Ui,
 ) -> anyhow::Result<Fitted> {
     let train_images = images_tensor(train_set, device.device);
-    let train_labels = Tensor::from_slice(&train_set.labels()).to_device(device.device);
+    let train_labels = labels_tensor(train_set).to_device(device.device);
     let classes = &train_set.listing.classes;
 
     let vs = nn::VarStore::new(device.device);
@@ -546,22 +594,16 @@ fn train_and_evaluate(
     let test_images = images_tensor(&test_set, device.device);
 
     let started = Instant::now();
-    let predictions = evaluate::predict(network, &test_images, &test_set.listing.samples)
-        .context("libtorch failed while evaluating")?;
-    let (metrics, confusion) = metrics::compute(&predictions, &classes);
+    let (metrics, confusion, predictions, status) =
+        evaluate_set(network, &test_images, &test_set, &classes)?;
     let evaluate_seconds = started.elapsed().as_secs_f64();
-    ui.status(format!(
-        "evaluated {} test images: accuracy {:.4}, loss {:.4}",
-        test_set.len(),
-        metrics.accuracy,
-        metrics.loss
-    ));
+    ui.status(status);
 
     let metrics_file = MetricsFile {
         schema: METRICS_SCHEMA,
         metrics: &metrics,
         classes: &classes,
-        confusion_matrix: &confusion,
+        confusion_matrix: confusion.as_ref(),
         metadata: Metadata {
             modelci_version: env!("CARGO_PKG_VERSION"),
             libtorch_version: LIBTORCH_VERSION,
@@ -605,7 +647,7 @@ fn train_and_evaluate(
     );
     let files = RunFiles {
         metrics: to_json(&metrics_file)?,
-        predictions: predictions_lines(&predictions)?,
+        predictions,
         checkpoint,
         description,
         script: script_bytes(config)?,
@@ -772,7 +814,7 @@ pub(crate) fn to_json(value: &impl Serialize) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-pub(crate) fn predictions_lines(predictions: &[Prediction]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn json_lines<T: Serialize>(predictions: &[T]) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     for prediction in predictions {
         serde_json::to_writer(&mut bytes, prediction)?;

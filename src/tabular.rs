@@ -25,6 +25,20 @@ pub struct CsvConfig {
     pub features: Option<Vec<String>>,
     /// Centre and scale each feature by the training rows' mean and standard deviation.
     pub standardize: bool,
+    /// Classes from the label column, or a number to predict.
+    #[serde(default)]
+    pub task: Task,
+}
+
+/// What the label column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Class names: the model predicts one of them.
+    #[default]
+    Classification,
+    /// Numbers: the model predicts a value, trained with the mean squared error.
+    Regression,
 }
 
 /// The per-feature mean and standard deviation fitted on the training rows.
@@ -118,6 +132,13 @@ fn read(path: &Path, config: &CsvConfig) -> Result<Table, TabularError> {
         let label_text = record.get(label).unwrap_or("").to_string();
         if label_text.is_empty() {
             problems.push(format!("line {line}, column {}: missing label", config.label));
+        } else if config.task == Task::Regression
+            && !label_text.parse::<f32>().is_ok_and(f32::is_finite)
+        {
+            problems.push(format!(
+                "line {line}, column {}: {label_text:?} is not a number to regress on",
+                config.label
+            ));
         }
         table.features.push(row);
         table.labels.push(label_text);
@@ -186,8 +207,13 @@ pub fn load(
     scaling: Option<&Standardization>,
 ) -> Result<Dataset, TabularError> {
     let table = read(path, config)?;
-    let mut unknown: Vec<String> =
-        table.labels.iter().filter(|label| !classes.contains(label)).cloned().collect();
+    let regression = config.task == Task::Regression;
+    let mut unknown: Vec<String> = table
+        .labels
+        .iter()
+        .filter(|label| !regression && !classes.contains(label))
+        .cloned()
+        .collect();
     unknown.sort();
     unknown.dedup();
     if !unknown.is_empty() {
@@ -210,6 +236,7 @@ pub fn load(
         .enumerate()
         .map(|(index, label)| Sample {
             id: format!("{:0digits$}", index + 1),
+            // A regression has no classes: every sample is of class 0 of none.
             label: classes.iter().position(|class| class == label).unwrap_or_default(),
         })
         .collect();
@@ -219,7 +246,10 @@ pub fn load(
         samples,
         skipped: Vec::new(),
     };
-    Ok(Dataset { listing, pixels: values, shape: [width, 1, 1], skipped_invalid: 0 })
+    let targets = regression.then(|| {
+        table.labels.iter().map(|label| label.parse::<f32>().unwrap_or(f32::NAN)).collect()
+    });
+    Ok(Dataset { listing, pixels: values, shape: [width, 1, 1], skipped_invalid: 0, targets })
 }
 
 #[cfg(test)]
@@ -231,6 +261,7 @@ mod tests {
             label: "species".into(),
             features: features.map(|names| names.iter().map(|n| n.to_string()).collect()),
             standardize,
+            task: Task::Classification,
         }
     }
 

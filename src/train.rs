@@ -56,7 +56,7 @@ pub enum TrainError {
 }
 
 /// The training loss of a batch.
-fn loss(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
+fn loss_of(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
     match config.loss {
         // Without smoothing, the same arithmetic as always, so that results stay bit-identical.
         Loss::CrossEntropy if config.label_smoothing == 0.0 => {
@@ -70,6 +70,7 @@ fn loss(logits: &Tensor, labels: &Tensor, config: &TrainConfig) -> Tensor {
             config.label_smoothing,
         ),
         Loss::BinaryCrossEntropy => binary_loss(logits, labels),
+        Loss::Mse => logits.squeeze_dim(-1).mse_loss(labels, tch::Reduction::Mean),
     }
 }
 
@@ -148,7 +149,7 @@ pub fn train(
             let images = augment(&data.images.index_select(0, &indices), config.augment)?;
             let labels = data.labels.index_select(0, &indices);
             let logits = model.forward(&images)?;
-            let loss = loss(&logits, &labels, config);
+            let loss = loss_of(&logits, &labels, config);
             match config.clip_grad_norm {
                 Some(max) => optimizer.backward_step_clip_norm(&loss, max),
                 None => optimizer.backward_step(&loss),
@@ -183,10 +184,14 @@ pub fn train(
         if let Some(validation) = &validation {
             let (validation_loss, validation_accuracy) = evaluate(model, validation, config)?;
             stats.validation_loss = Some(validation_loss);
-            stats.validation_accuracy = Some(validation_accuracy);
+            stats.validation_accuracy =
+                validation_accuracy.is_finite().then_some(validation_accuracy);
+            let accuracy = stats
+                .validation_accuracy
+                .map_or(String::new(), |accuracy| format!(", accuracy {accuracy:.4}"));
             ui.status(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.4}, validation loss \
-                 {validation_loss:.4}, accuracy {validation_accuracy:.4}",
+                 {validation_loss:.4}{accuracy}",
                 config.epochs
             ));
             if let Some(stopping) = stopping.as_mut() {
@@ -272,6 +277,11 @@ fn evaluate(
         let loss = match config.loss {
             Loss::CrossEntropy => logits.cross_entropy_for_logits(data.labels),
             Loss::BinaryCrossEntropy => binary_loss(&logits, data.labels),
+            // A regression has a loss but no accuracy.
+            Loss::Mse => {
+                let loss = f64::try_from(loss_of(&logits, data.labels, config))?;
+                return Ok((loss, f64::NAN));
+            }
         };
         let loss = f64::try_from(loss)?;
         let correct = predicted_classes(&logits).eq_tensor(data.labels).to_kind(Kind::Float);

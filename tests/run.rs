@@ -913,3 +913,66 @@ fn binary_cross_entropy_trains_one_logit_for_two_classes() {
     assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
     assert_eq!(project.json("modelci-output/metrics.json")["metrics"], metrics["metrics"]);
 }
+
+/// Rows of `y = 3a - 2b + 1` plus a little deterministic noise.
+fn linear_rows(rows: usize, offset: usize) -> String {
+    let mut text = String::from("a,b,y\n");
+    for row in 0..rows {
+        let value = |k: usize| (((row + offset) * 7919 + k * 104729) % 1000) as f64 / 250.0 - 2.0;
+        let (a, b, noise) = (value(1), value(2), value(3) * 0.01);
+        text.push_str(&format!("{a},{b},{}\n", 3.0 * a - 2.0 * b + 1.0 + noise));
+    }
+    text
+}
+
+#[test]
+fn a_csv_regression_trains_with_mse_reports_r2_and_is_gated_on_its_metrics() {
+    let config = small_config("")
+        .replace(
+            "train = \"data/train\"\ntest = \"data/test\"\nimage_size = [28, 28]\nmean = [0.1307]\nstd = [0.3081]",
+            "layout = \"csv\"\ntask = \"regression\"\ntrain = \"train.csv\"\ntest = \"test.csv\"\n\
+             label = \"y\"\nstandardize = true",
+        )
+        .replace("epochs = 3", "epochs = 30\nloss = \"mse\"")
+        .replace("metric = \"accuracy\"\nabsolute_tolerance = 0.05", "metric = \"mse\"\nrelative_tolerance = 0.5");
+    let project = Project::with_config(&config);
+    project.write("train.csv", linear_rows(300, 0).as_bytes());
+    project.write("test.csv", linear_rows(100, 5000).as_bytes());
+
+    let first = project.run(&["--update-baseline", "--output", "run"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let metrics = project.json("run/metrics.json");
+    let r2 = metrics["metrics"]["r2"].as_f64().unwrap();
+    assert!(r2 > 0.9, "a linear target: r2 {r2}, {metrics:#}");
+    let mse = metrics["metrics"]["mse"].as_f64().unwrap();
+    assert!((metrics["metrics"]["rmse"].as_f64().unwrap() - mse.sqrt()).abs() < 1e-9);
+    assert!(metrics.get("confusion_matrix").is_none(), "{metrics:#}");
+    let first_line = std::fs::read_to_string(project.path("run/predictions.jsonl")).unwrap();
+    let first_line: Value = serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
+    assert!(first_line["target"].is_f64() && first_line["prediction"].is_f64(), "{first_line}");
+
+    // Gated on mse against the baseline: the same run passes (no paired statistics).
+    let again = project.run(&["--no-run-cache"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let verdict = project.json("out/verdict.json");
+    assert_eq!(verdict["verdict"], "pass", "{verdict:#}");
+    assert_eq!(metric_row(&verdict, "mse")["verdict"], "pass");
+
+    // The checkpoint evaluates the regression on its own.
+    let test = project.path("test.csv");
+    let evaluated = modelci(
+        project.path("").as_path(),
+        &["--quiet", "evaluate", "--checkpoint", "run", "--data", test.to_str().unwrap()],
+    );
+    assert_eq!(evaluated.status.code(), Some(0), "{}", stderr(&evaluated));
+    assert!(stdout(&evaluated).contains("evaluated 100 test rows: mse "), "{}", stdout(&evaluated));
+    assert_eq!(project.json("modelci-output/metrics.json")["metrics"], metrics["metrics"]);
+
+    // A target that is not a number is named.
+    project.write("test.csv", b"a,b,y\n1,2,tall\n");
+    let message = stderr(&project.run(&[]));
+    assert!(
+        message.contains("line 2, column y: \"tall\" is not a number to regress on"),
+        "{message}"
+    );
+}

@@ -201,6 +201,20 @@ struct PredictionLine {
     top: Vec<usize>,
 }
 
+/// The predictions of a classification run, or `None` for a regression run's predictions
+/// (lines with a `target` and no `label`): the paired statistics compare classifications,
+/// and a regression is gated on its metrics alone.
+fn classification_predictions(
+    text: &str,
+    origin: &str,
+) -> Result<Option<Vec<Prediction>>, InputError> {
+    let first = text.lines().find(|line| !line.trim().is_empty());
+    let regression = first
+        .and_then(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .is_some_and(|line| line.get("target").is_some() && line.get("label").is_none());
+    if regression { Ok(None) } else { parse_predictions(text, origin).map(Some) }
+}
+
 /// Parses a predictions file; `origin` names it in errors.
 pub fn parse_predictions(text: &str, origin: &str) -> Result<Vec<Prediction>, InputError> {
     let mut predictions = Vec::new();
@@ -236,7 +250,7 @@ pub fn read_run(path: &Path, predictions: Option<&Path>) -> Result<RunInput, Inp
         predictions.map(Path::to_path_buf).unwrap_or_else(|| folder.join(PREDICTIONS_FILE));
     let predictions = if predictions.is_some() || predictions_path.is_file() {
         let text = read_text(&predictions_path)?;
-        Some(parse_predictions(&text, &predictions_path.display().to_string())?)
+        classification_predictions(&text, &predictions_path.display().to_string())?
     } else {
         None
     };
@@ -331,7 +345,7 @@ fn read_git_baseline(
                 format!("{folder}/{PREDICTIONS_FILE}")
             };
             match git(&["show", &format!("{at}:{file}")])? {
-                Some(text) => Some(parse_predictions(&text, &format!("git:{at}:{file}"))?),
+                Some(text) => classification_predictions(&text, &format!("git:{at}:{file}"))?,
                 None => None,
             }
         }
@@ -394,6 +408,9 @@ mod tests {
     fn predictions_are_validated_line_by_line() {
         let good = "{\"id\": \"a\", \"label\": 1, \"prediction\": 0}\n\n{\"id\": \"b\", \"label\": 0, \"prediction\": 0, \"loss\": 0.1}\n";
         let predictions = parse_predictions(good, "p").unwrap();
+        let regression = "{\"id\": \"1\", \"target\": 2.5, \"prediction\": 2.0}\n";
+        assert_eq!(classification_predictions(regression, "p").unwrap(), None);
+        assert!(classification_predictions(good, "p").unwrap().is_some());
         assert_eq!(predictions.len(), 2);
         assert!(!predictions[0].is_correct());
         assert_eq!(predictions[1].loss, 0.1);
