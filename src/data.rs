@@ -443,6 +443,23 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_bmp_gif_and_webp_decode_like_png() {
+        // A white pixel and a black one survive every format, lossy JPEG included (within a
+        // few levels).
+        let image = image::RgbImage::from_raw(2, 1, vec![255, 255, 255, 0, 0, 0]).unwrap();
+        for extension in ["png", "jpg", "bmp", "gif", "webp"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("a")).unwrap();
+            image.save(dir.path().join(format!("a/1.{extension}"))).unwrap();
+            let pixels = decode_single(dir.path(), Color::Grayscale);
+            assert!(
+                (pixels[0] - 1.0).abs() < 0.05 && pixels[1].abs() < 0.05,
+                "{extension}: {pixels:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_centre_crop_is_taken_after_resizing() {
         let dir = tempfile::tempdir().unwrap();
         // A 4×4 image whose centre 2×2 is white and whose border is black.
