@@ -17,43 +17,57 @@ pub fn predict(
     images: &Tensor,
     samples: &[Sample],
 ) -> Result<Vec<Prediction>, tch::TchError> {
-    let total = images.size()[0];
     let mut predictions = Vec::with_capacity(samples.len());
+    in_batches(model, images, |start, outputs| {
+        let length = outputs.size()[0] as usize;
+        let batch_samples = &samples[start..start + length];
+        let logits = two_class_logits(outputs);
+        let log_probabilities = logits.log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
+        let labels: Vec<i64> = batch_samples.iter().map(|sample| sample.label as i64).collect();
+        let labels = Tensor::from_slice(&labels);
+
+        let (best, predicted) = log_probabilities.max_dim(-1, false);
+        let losses = -log_probabilities.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
+        let classes = log_probabilities.size()[1];
+        let ranked = TOP_K.min(classes as usize);
+        let (_, top) = log_probabilities.topk(ranked as i64, -1, true, true);
+        let best = Vec::<f32>::try_from(&best)?;
+        let predicted = Vec::<i64>::try_from(&predicted)?;
+        let losses = Vec::<f32>::try_from(&losses)?;
+        let top = Vec::<i64>::try_from(&top.flatten(0, -1))?;
+
+        for (index, sample) in batch_samples.iter().enumerate() {
+            let row = &top[index * ranked..(index + 1) * ranked];
+            predictions.push(Prediction {
+                id: sample.id.clone(),
+                label: sample.label,
+                prediction: predicted[index] as usize,
+                confidence: f64::from(best[index]).exp(),
+                loss: f64::from(losses[index]),
+                top: row.iter().map(|&class| class as usize).collect(),
+            });
+        }
+        Ok(())
+    })?;
+    Ok(predictions)
+}
+
+/// Runs `model` over `images` in batches of `BATCH`, without gradients, handing each batch's
+/// outputs to `each` with the position of its first sample.
+fn in_batches(
+    model: &Network,
+    images: &Tensor,
+    mut each: impl FnMut(usize, Tensor) -> Result<(), tch::TchError>,
+) -> Result<(), tch::TchError> {
+    let total = images.size()[0];
     tch::no_grad(|| {
         let mut start = 0;
         while start < total {
             let length = BATCH.min(total - start);
-            let batch_samples = &samples[start as usize..(start + length) as usize];
-            let logits = two_class_logits(model.forward(&images.narrow(0, start, length))?);
-            let log_probabilities = logits.log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
-            let labels: Vec<i64> = batch_samples.iter().map(|sample| sample.label as i64).collect();
-            let labels = Tensor::from_slice(&labels);
-
-            let (best, predicted) = log_probabilities.max_dim(-1, false);
-            let losses =
-                -log_probabilities.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
-            let classes = log_probabilities.size()[1];
-            let ranked = TOP_K.min(classes as usize) as i64;
-            let (_, top) = log_probabilities.topk(ranked, -1, true, true);
-            let best = Vec::<f32>::try_from(&best)?;
-            let predicted = Vec::<i64>::try_from(&predicted)?;
-            let losses = Vec::<f32>::try_from(&losses)?;
-            let top = Vec::<i64>::try_from(&top.flatten(0, -1))?;
-
-            for (index, sample) in batch_samples.iter().enumerate() {
-                let row = &top[index * ranked as usize..(index + 1) * ranked as usize];
-                predictions.push(Prediction {
-                    id: sample.id.clone(),
-                    label: sample.label,
-                    prediction: predicted[index] as usize,
-                    confidence: f64::from(best[index]).exp(),
-                    loss: f64::from(losses[index]),
-                    top: row.iter().map(|&class| class as usize).collect(),
-                });
-            }
+            each(start as usize, model.forward(&images.narrow(0, start, length))?)?;
             start += length;
         }
-        Ok(predictions)
+        Ok(())
     })
 }
 
@@ -65,28 +79,22 @@ pub fn predict_regression(
     samples: &[Sample],
     targets: &[f32],
 ) -> Result<Vec<crate::metrics::RegressionPrediction>, tch::TchError> {
-    let total = images.size()[0];
     let mut predictions = Vec::with_capacity(samples.len());
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < total {
-            let length = BATCH.min(total - start);
-            let values = model.forward(&images.narrow(0, start, length))?.flatten(0, -1);
-            let values = Vec::<f32>::try_from(&values.to_device(tch::Device::Cpu))?;
-            for (offset, value) in values.iter().enumerate() {
-                let index = start as usize + offset;
-                let (target, prediction) = (f64::from(targets[index]), f64::from(*value));
-                predictions.push(crate::metrics::RegressionPrediction {
-                    id: samples[index].id.clone(),
-                    target,
-                    prediction,
-                    loss: (prediction - target).powi(2),
-                });
-            }
-            start += length;
+    in_batches(model, images, |start, outputs| {
+        let values = Vec::<f32>::try_from(&outputs.flatten(0, -1).to_device(tch::Device::Cpu))?;
+        for (offset, value) in values.iter().enumerate() {
+            let index = start + offset;
+            let (target, prediction) = (f64::from(targets[index]), f64::from(*value));
+            predictions.push(crate::metrics::RegressionPrediction {
+                id: samples[index].id.clone(),
+                target,
+                prediction,
+                loss: (prediction - target).powi(2),
+            });
         }
-        Ok(predictions)
-    })
+        Ok(())
+    })?;
+    Ok(predictions)
 }
 
 /// A binary model's one logit `z` as the two class logits `[0, z]`: their softmax is
